@@ -1,0 +1,3 @@
+from ciflow.cli import main
+
+main()

@@ -1,0 +1,121 @@
+"""What a module requires of a machine, and what a machine offers.
+
+`Requires` is declared on a module; `Capabilities` is detected on the machine (or reported by a
+worker). `Requires.missing(caps)` says in words what is lacking, for error messages and planning.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["Capabilities", "Requires", "normalize_arch", "normalize_os"]
+
+_OS_ALIASES = {
+    "linux": "linux",
+    "ubuntu": "linux",
+    "darwin": "macos",
+    "macos": "macos",
+    "mac": "macos",
+    "osx": "macos",
+    "win32": "windows",
+    "windows": "windows",
+    "win": "windows",
+}
+_ARCH_ALIASES = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "x64": "x86_64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv8": "arm64",
+}
+
+
+def normalize_os(name: str) -> str:
+    """Map an OS spelling (``darwin``, ``win32``, ``Linux``) to ``linux``/``macos``/``windows``."""
+    key = name.strip().lower()
+    return _OS_ALIASES.get(key, key)
+
+
+def normalize_arch(name: str) -> str:
+    """Map an architecture spelling (``amd64``, ``aarch64``) to ``x86_64``/``arm64``."""
+    key = name.strip().lower()
+    return _ARCH_ALIASES.get(key, key)
+
+
+def _names(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@dataclass(frozen=True, init=False)
+class Requires:
+    """What a module needs of the machine that runs it.
+
+    ``os`` and ``arch`` accept one name or several alternatives; every tool in ``tools`` must be on
+    PATH and every tag in ``tags`` must be offered by the worker (``--tag``).
+    """
+
+    os: tuple[str, ...]
+    arch: tuple[str, ...]
+    tools: tuple[str, ...]
+    tags: tuple[str, ...]
+
+    def __init__(
+        self,
+        os: str | Iterable[str] | None = None,
+        arch: str | Iterable[str] | None = None,
+        tools: Iterable[str] = (),
+        tags: Iterable[str] = (),
+    ) -> None:
+        object.__setattr__(self, "os", tuple(normalize_os(v) for v in _names(os)))
+        object.__setattr__(self, "arch", tuple(normalize_arch(v) for v in _names(arch)))
+        object.__setattr__(self, "tools", _names(tools))
+        object.__setattr__(self, "tags", _names(tags))
+
+    def missing(self, caps: Capabilities) -> list[str]:
+        """Describe each unmet requirement, e.g. ``"os linux (this machine: windows)"``."""
+        lacking: list[str] = []
+        if self.os and caps.os not in self.os:
+            lacking.append(f"os {' or '.join(self.os)} (this machine: {caps.os})")
+        if self.arch and caps.arch not in self.arch:
+            lacking.append(f"arch {' or '.join(self.arch)} (this machine: {caps.arch})")
+        lacking += [f"tool {tool!r} on PATH" for tool in self.tools if tool not in caps.tools]
+        lacking += [f"tag {tag!r}" for tag in self.tags if tag not in caps.tags]
+        return lacking
+
+    def __bool__(self) -> bool:
+        return bool(self.os or self.arch or self.tools or self.tags)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one machine (worker) offers: OS, architecture, tools found on PATH, tags."""
+
+    os: str
+    arch: str
+    tools: frozenset[str] = field(default_factory=frozenset)
+    tags: frozenset[str] = field(default_factory=frozenset)
+    max_parallel: int = 1
+
+    @classmethod
+    def detect(
+        cls, tools: Iterable[str] = (), tags: Iterable[str] = (), max_parallel: int = 1
+    ) -> Capabilities:
+        """Detect this machine; only the named tools are looked up on PATH."""
+        found = frozenset(tool for tool in tools if shutil.which(tool) is not None)
+        return cls(
+            os=normalize_os(sys.platform),
+            arch=normalize_arch(platform.machine() or os.uname().machine),
+            tools=found,
+            tags=frozenset(tags),
+            max_parallel=max_parallel,
+        )

@@ -1,0 +1,92 @@
+"""The end-of-run summary: a table of modules (failures first), skip reasons, first errors."""
+
+from __future__ import annotations
+
+import time
+
+from .console import format_duration
+from .engine import RunResult
+from .outcome import ModuleRecord, Outcome
+
+__all__ = ["render_summary"]
+
+_MAX_ERROR_LINES = 12
+
+
+def _clock(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return time.strftime("%H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 10)}"
+
+
+def _order(records: list[ModuleRecord]) -> list[ModuleRecord]:
+    position = {r.name: i for i, r in enumerate(records)}
+
+    def key(rec: ModuleRecord) -> tuple[int, float, int]:
+        bad = rec.outcome is None or rec.outcome.bad
+        return (
+            0 if bad else 1,
+            rec.start if rec.start is not None else float("inf"),
+            position[rec.name],
+        )
+
+    return sorted(records, key=key)
+
+
+def render_summary(result: RunResult) -> str:
+    """The summary as text, ready to print."""
+    records = _order(result.records)
+    show_slot = any(r.slot is not None for r in records)
+    header = ["module", "outcome", "duration", "start", "end", "attempts"]
+    if show_slot:
+        header.append("slot")
+    rows = [header]
+    for rec in records:
+        outcome = (rec.outcome or Outcome.CANCELLED).value
+        row = [
+            rec.name,
+            outcome,
+            format_duration(rec.duration) if rec.start is not None else "-",
+            _clock(rec.start),
+            _clock(rec.end),
+            str(rec.attempts) if rec.attempts else "-",
+        ]
+        if show_slot:
+            row.append("-" if rec.slot is None else str(rec.slot))
+        rows.append(row)
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    lines = ["", "Summary"]
+    for n, row in enumerate(rows):
+        lines.append("  " + "  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
+        if n == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    skipped = [r for r in records if r.outcome is Outcome.SKIPPED and r.skip_reason]
+    if skipped:
+        lines += ["", "Skipped"]
+        lines += [f"  {r.name}: {r.skip_reason}" for r in skipped]
+    failed = [
+        r
+        for r in records
+        if r.error and r.outcome in (Outcome.FAILED, Outcome.TIMED_OUT, Outcome.IGNORED_FAILURE)
+    ]
+    if failed:
+        lines += ["", "Errors"]
+        for rec in failed:
+            error_lines = (rec.error or "").splitlines()
+            if len(error_lines) > _MAX_ERROR_LINES:
+                error_lines = [*error_lines[:1], "  ...", *error_lines[-(_MAX_ERROR_LINES - 2) :]]
+            lines.append(
+                f"  {rec.name} ({(rec.outcome or Outcome.FAILED).value}): {error_lines[0]}"
+            )
+            lines += [f"    {line}" for line in error_lines[1:]]
+    counts: dict[str, int] = {}
+    for rec in result.records:
+        key = (rec.outcome or Outcome.CANCELLED).value.replace("_", " ")
+        counts[key] = counts.get(key, 0) + 1
+    tally = ", ".join(f"{n} {k}" for k, n in counts.items())
+    verdict = {0: "OK", 1: "FAILED", 2: "FAILED (pipeline error)", 130: "INTERRUPTED"}.get(
+        result.exit_code, "FAILED"
+    )
+    total = format_duration(result.finished - result.started)
+    lines += ["", f"{verdict}: {len(result.records)} module(s): {tally} in {total}"]
+    return "\n".join(lines)
