@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ciflow.masking import MASKER
+from ciflow.modules import reset_registry
+
+PIPELINES = Path(__file__).parent / "pipelines"
+
+
+@pytest.fixture(autouse=True)
+def _clean_state() -> Iterator[None]:
+    """Each test starts with no registered modules and no secrets."""
+    reset_registry()
+    MASKER.clear()
+    yield
+    reset_registry()
+    MASKER.clear()
+
+
+@pytest.fixture
+def pipelines() -> Path:
+    """The folder of tiny pipeline files used by the tests."""
+    return PIPELINES
+
+
+@pytest.fixture
+def out() -> io.StringIO:
+    """A stream to hand a `Console`; read it with ``out.getvalue()``."""
+    return io.StringIO()
