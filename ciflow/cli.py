@@ -58,6 +58,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    epilog="Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline error, 130 interrupted.",
 )
 
 
@@ -91,6 +92,7 @@ FileOption = Annotated[
     typer.Option(
         "--file",
         "-f",
+        metavar="FILE",
         help="The pipeline file [default: ./ciflow.py].",
         dir_okay=False,
         envvar="CIFLOW_FILE",
@@ -112,7 +114,9 @@ def run(
     file: FileOption = None,
     jobs: Annotated[
         int | None,
-        typer.Option("--jobs", "-j", min=1, help="Modules run at once [default: CPUs x 2]."),
+        typer.Option(
+            "--jobs", "-j", min=1, metavar="N", help="Modules run at once [default: CPUs x 2]."
+        ),
     ] = None,
     keep_going: Annotated[
         bool,
@@ -122,24 +126,33 @@ def run(
     ] = False,
     only: Annotated[
         list[str] | None,
-        typer.Option("--only", help="Run this module and what it needs (repeatable)."),
+        typer.Option(
+            "--only", metavar="MODULE", help="Run this module and what it needs (repeatable)."
+        ),
     ] = None,
     skip: Annotated[
-        list[str] | None, typer.Option("--skip", help="Leave this module out (repeatable).")
+        list[str] | None,
+        typer.Option("--skip", metavar="MODULE", help="Leave this module out (repeatable)."),
     ] = None,
     category: Annotated[
         list[str] | None,
-        typer.Option("--category", help="Run the modules of this category (repeatable)."),
+        typer.Option(
+            "--category", metavar="CATEGORY", help="Run the modules of this category (repeatable)."
+        ),
     ] = None,
     tag: Annotated[
         list[str] | None,
-        typer.Option("--tag", help="A tag this machine offers to `requires` (repeatable)."),
+        typer.Option(
+            "--tag", metavar="TAG", help="A tag this machine offers to `requires` (repeatable)."
+        ),
     ] = None,
     report: Annotated[
-        Path | None, typer.Option("--report", help="Write the JSON run report here.")
+        Path | None,
+        typer.Option("--report", metavar="PATH", help="Write the JSON run report here."),
     ] = None,
     run_id: Annotated[
-        str | None, typer.Option("--run-id", help="Name this run [default: generated].")
+        str | None,
+        typer.Option("--run-id", metavar="ID", help="Name this run [default: generated]."),
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Hide the output of modules' commands.")

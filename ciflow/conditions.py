@@ -23,17 +23,20 @@ _FALSY = {"", "0", "false", "no", "off"}
 class Condition:
     """A named predicate on the context; true means "skip", and `description` says why."""
 
-    __slots__ = ("_check", "description")
+    __slots__ = ("_check", "description", "_negated")
 
-    def __init__(self, check: Callable[[Context], bool], description: str) -> None:
+    def __init__(
+        self, check: Callable[[Context], bool], description: str, negated: str | None = None
+    ) -> None:
         self._check = check
         self.description = description
+        self._negated = negated if negated is not None else _negate(description)
 
     def __call__(self, ctx: Context) -> bool:
         return bool(self._check(ctx))
 
     def __invert__(self) -> Condition:
-        return Condition(lambda ctx: not self(ctx), _negate(self.description))
+        return Condition(lambda ctx: not self(ctx), self._negated, self.description)
 
     def __and__(self, other: Condition) -> Condition:
         return Condition(
@@ -50,37 +53,39 @@ class Condition:
 
 
 def _negate(description: str) -> str:
-    if description.startswith("not "):
-        return description[4:]
-    return f"not ({description})" if " " in description else f"not {description}"
+    return f"not ({description})"
 
 
 def on_ci() -> Condition:
     """True when running on a CI system (the ``CI`` variable is set and not false)."""
-    return Condition(lambda ctx: ctx.on_ci, "on CI")
+    return Condition(lambda ctx: ctx.on_ci, "on CI", "not on CI")
 
 
 def not_on_ci() -> Condition:
     """True when not running on a CI system."""
-    return Condition(lambda ctx: not ctx.on_ci, "not on CI")
+    return Condition(lambda ctx: not ctx.on_ci, "not on CI", "on CI")
 
 
 def on_branch(*branches: str) -> Condition:
     """True when the current branch is one of ``branches``."""
     names = " or ".join(branches)
-    return Condition(lambda ctx: ctx.branch in branches, f"on branch {names}")
+    return Condition(
+        lambda ctx: ctx.branch in branches, f"on branch {names}", f"not on branch {names}"
+    )
 
 
 def not_on_branch(*branches: str) -> Condition:
     """True when the current branch is none of ``branches`` (unknown branch counts as not on)."""
     names = " or ".join(branches)
-    return Condition(lambda ctx: ctx.branch not in branches, f"not on branch {names}")
+    return Condition(
+        lambda ctx: ctx.branch not in branches, f"not on branch {names}", f"on branch {names}"
+    )
 
 
 def env_set(name: str) -> Condition:
     """True when the environment variable ``name`` is set to a non-empty, non-false value."""
     return Condition(
-        lambda ctx: ctx.env.get(name, "").strip().lower() not in _FALSY, f"{name} is set"
+        lambda ctx: is_truthy(ctx.env.get(name)), f"{name} is set", f"{name} is not set"
     )
 
 

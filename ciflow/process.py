@@ -233,6 +233,8 @@ def run_command(
             _kill_group(proc.pid)
             reader.join(timeout=KILL_GRACE)
             break
+    if not reader.is_alive() and proc.stdout is not None:
+        proc.stdout.close()
     if cancellation.cancelled:
         raise ModuleCancelled(cancellation.reason or "cancelled")
     code = proc.returncode

@@ -1,0 +1,9 @@
+import ciflow
+
+
+@ciflow.module
+def build(ctx) -> None: ...
+
+
+@ciflow.module(name="build")
+def build_again(ctx) -> None: ...

@@ -1,0 +1,1 @@
+import ciflow  # noqa: F401  (a file that defines no module)

@@ -1,0 +1,6 @@
+import ciflow
+
+
+@ciflow.module
+def broken(ctx) -> None
+    pass
