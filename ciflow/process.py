@@ -194,12 +194,9 @@ def run_command(
     reader = threading.Thread(target=pump, name=f"ciflow-output-{proc.pid}", daemon=True)
     reader.start()
     if stdin is not None:
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(stdin.encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        threading.Thread(
+            target=_feed, args=(proc, stdin.encode()), name="ciflow-stdin", daemon=True
+        ).start()
     deadline = None if timeout is None else time.monotonic() + timeout
     timed_out = False
     killed = False
@@ -229,6 +226,8 @@ def run_command(
     # background descendant may hold it: wait for it like a shell would, unless cancelled.
     while reader.is_alive():
         reader.join(timeout=0.05)
+        if deadline is not None and time.monotonic() >= deadline:
+            timed_out = True
         if cancellation.cancelled or timed_out:
             _kill_group(proc.pid)
             reader.join(timeout=KILL_GRACE)
@@ -243,6 +242,15 @@ def run_command(
     if check and code != 0:
         raise CommandFailed(shown, code, list(tail))
     return CommandResult(shown, code, "\n".join(captured), tuple(tail))
+
+
+def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
 
 
 def _kill_group(pgid: int) -> None:
