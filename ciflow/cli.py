@@ -99,6 +99,24 @@ FileOption = Annotated[
     ),
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+HistoryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--history",
+        metavar="PATH",
+        help="Duration history file [default: .ciflow/history.json beside the pipeline file].",
+        envvar="CIFLOW_HISTORY",
+    ),
+]
+
+
+def _history_path(pipeline: Pipeline, given: Path | None) -> Path:
+    from .history import DEFAULT_PATH
+
+    if given is not None:
+        return given
+    base = pipeline.path.parent if pipeline.path is not None else Path.cwd()
+    return base / DEFAULT_PATH
 
 
 def _load(file: Path | None, debug: bool) -> Pipeline:
@@ -157,6 +175,10 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Hide the output of modules' commands.")
     ] = False,
+    history: HistoryOption = None,
+    no_history: Annotated[
+        bool, typer.Option("--no-history", help="Do not record durations for the planner.")
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Run the pipeline on this machine, in parallel, and print a summary."""
@@ -184,6 +206,13 @@ def run(
     )
     result = engine.run()
     console.print(render_summary(result))
+    if not no_history:
+        from .history import History
+
+        try:
+            History.update(_history_path(pipeline, history), result.records)
+        except CiflowError as exc:
+            console.print(f"ciflow: warning: {exc}")
     if report is not None:
         write_report(build_report(result), report)
         console.print(f"report written to {report}")

@@ -31,6 +31,9 @@ _COLORS = {
     Outcome.CANCELLED: "31",
 }
 
+_PLAIN = {o: o.value.replace("_", " ") for o in Outcome}
+_COLORED = {o: f"\x1b[{_COLORS[o]}m{_PLAIN[o]}\x1b[0m" for o in Outcome}
+
 
 def format_duration(seconds: float) -> str:
     """``0.42s``, ``12.3s``, ``4m05s``, ``1h02m``."""
@@ -72,6 +75,7 @@ class Console:
         self._status = ""
         self._last_draw = 0.0
         self._started = time.monotonic()
+        self._dirty = False
 
     # events the engine reports ------------------------------------------------
 
@@ -81,8 +85,9 @@ class Console:
         self._line(f"ciflow: run {run_id}: {total} module(s), up to {jobs} at a time")
 
     def module_started(self, name: str, attempt: int) -> None:
-        with self._lock:
-            self._running[name] = time.monotonic()
+        if self.live:
+            with self._lock:
+                self._running[name] = time.monotonic()
         again = f" (attempt {attempt})" if attempt > 1 else ""
         self._line(f"[{name}] started{again}")
 
@@ -91,19 +96,19 @@ class Console:
             self._line(f"[{module}] {line}")
 
     def module_retry(self, name: str, attempt: int, delay: float, error: str) -> None:
-        with self._lock:
-            self._running.pop(name, None)
+        if self.live:
+            with self._lock:
+                self._running.pop(name, None)
         first = error.splitlines()[0] if error else ""
         self._line(f"[{name}] attempt {attempt} failed ({first}); retrying in {delay:.1f}s")
 
     def module_finished(self, record: ModuleRecord) -> None:
-        with self._lock:
-            self._running.pop(record.name, None)
-            self._done += 1
+        if self.live:
+            with self._lock:
+                self._running.pop(record.name, None)
+                self._done += 1
         outcome = record.outcome or Outcome.CANCELLED
-        text = outcome.value.replace("_", " ")
-        if self.color:
-            text = f"\x1b[{_COLORS[outcome]}m{text}\x1b[0m"
+        text = (_COLORED if self.color else _PLAIN)[outcome]
         if record.start is not None:
             text += f" in {format_duration(record.duration)}"
         if outcome is Outcome.SKIPPED and record.skip_reason:
@@ -116,8 +121,16 @@ class Console:
         self._line(f"ciflow: {text}")
 
     def tick(self) -> None:
-        """Redraw the live progress line (at most a few times a second)."""
+        """Flush written lines; redraw the live progress line (at most a few times a second).
+
+        The engine calls this at least every 50 ms, so lines reach a CI log promptly without
+        one system call per line.
+        """
         if not self.live:
+            if self._dirty:
+                with self._lock:
+                    self._dirty = False
+                    self.stream.flush()
             return
         now = time.monotonic()
         if now - self._last_draw < 0.2:
@@ -129,6 +142,8 @@ class Console:
         with self._lock:
             self._clear()
             self._status = ""
+            self._dirty = False
+            self.stream.flush()
 
     def print(self, text: str = "") -> None:
         """Print text (e.g. the summary) as it is, masked, without the progress line."""
@@ -148,7 +163,7 @@ class Console:
                 self._draw(time.monotonic())
             else:
                 self.stream.write(text + "\n")
-            self.stream.flush()
+                self._dirty = True
 
     def _clear(self) -> None:
         if self.live and self._status:

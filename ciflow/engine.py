@@ -9,6 +9,7 @@ time: module timeouts, retry back-off, Ctrl-C/SIGTERM, and stopping modules that
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import os
 import random
@@ -23,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from ._gc import gc_paused
 from .capabilities import Capabilities
 from .context import Context
 from .errors import CommandFailed, ModuleCancelled, RequirementError, ResultTypeError
@@ -144,6 +146,10 @@ class Engine:
         self.kill_grace = kill_grace
         self.handle_signals = handle_signals
 
+        with gc_paused():
+            self._prepare(pipeline)
+
+    def _prepare(self, pipeline: Pipeline) -> None:
         names = list(self.selection.names)
         index = {name: i for i, name in enumerate(names)}
         self._names = names
@@ -151,15 +157,20 @@ class Engine:
         self._bindings = [pipeline.bindings[n] for n in names]
         self._records = [ModuleRecord(n) for n in names]
         count = len(names)
+        self._index = index
         self._succ: list[list[int]] = [[] for _ in range(count)]
-        self._deps: list[list[tuple[int, bool]]] = [[] for _ in range(count)]
+        self._optional_edges: set[tuple[int, int]] = set()  # (dependent, dependency)
+        pending = [0] * count
+        succ = self._succ
         for i, mod in enumerate(self._mods):
             for dep in mod.depends_on:
                 j = index.get(dep.name)
                 if j is not None:
-                    self._deps[i].append((j, dep.optional))
-                    self._succ[j].append(i)
-        self._pending = [len(d) for d in self._deps]
+                    succ[j].append(i)
+                    pending[i] += 1
+                    if dep.optional:
+                        self._optional_edges.add((i, j))
+        self._pending = pending
         self._blocked: list[tuple[Outcome, str, int] | None] = [None] * count
         self._values: list[Any] = [None] * count
         self._rank = self._ranks()
@@ -193,6 +204,8 @@ class Engine:
         started = time.time()
         self.console.run_started(self.run_id, len(self._names), self.jobs)
         previous = self._install_signals()
+        # The pipeline's objects live for the whole run: keep the cyclic GC from rescanning them.
+        gc.freeze()
         try:
             with self._lock:
                 for i, name in enumerate(self._names):
@@ -207,6 +220,7 @@ class Engine:
                     self._spawn_worker()
             self._keep_time()
         finally:
+            gc.unfreeze()
             self._restore_signals(previous)
             with self._lock:
                 self._finished = True
@@ -327,7 +341,7 @@ class Engine:
             effect = _DEP_OUTCOME.get(out)
             for s in self._succ[k]:
                 self._pending[s] -= 1
-                if effect is not None and not self._optional(s, k):
+                if effect is not None and (s, k) not in self._optional_edges:
                     current = self._blocked[s]
                     if current is None or current[2] < effect[2]:
                         why_s = f"dependency {self._names[k]} {effect[1]}"
@@ -342,12 +356,6 @@ class Engine:
         if self._remaining == 0:
             self._work.notify_all()
             self._wake.set()
-
-    def _optional(self, dependent: int, dep: int) -> bool:
-        for j, opt in self._deps[dependent]:
-            if j == dep:
-                return opt
-        return False
 
     def _cancel_run(self, reason: str, *, hard: bool = False) -> None:
         """Stop starting modules (but always_run ones) and cancel running ones (lock held)."""
@@ -431,16 +439,12 @@ class Engine:
         mod = self._mods[i]
         name = self._names[i]
         rec = self._records[i]
-        ctx = Context(
-            name,
-            workdir=self.workdir,
-            run_id=self.run_id,
-            attempt=attempt.number,
-            cancellation=attempt.cancellation,
-            output=self.console.output,
-            environ=self.environ,
-        )
+        binding = self._bindings[i]
+        ctx = None
+        if binding.ctx_param is not None or mod.skip_if is not None:
+            ctx = self._context(i, attempt)
         if attempt.number == 1 and mod.skip_if is not None:
+            assert ctx is not None
             try:
                 verdict = mod.skip_if(ctx)
             except Exception as exc:  # a broken skip condition fails the module
@@ -449,12 +453,11 @@ class Engine:
                 description = getattr(mod.skip_if, "description", None)
                 reason = verdict if isinstance(verdict, str) else description
                 return _SKIP, None, f"skip_if: {reason}" if reason else "skip_if returned true"
-        binding = self._bindings[i]
         kwargs: dict[str, Any] = {}
         if binding.ctx_param is not None:
             kwargs[binding.ctx_param] = ctx
         for param, dep in binding.dep_params:
-            kwargs[param] = self._dep_value(i, dep)
+            kwargs[param] = self._dep_value(dep)
         now = time.time()
         attempt.start = time.monotonic()
         if rec.start is None:
@@ -491,11 +494,22 @@ class Engine:
                     self.console.output(name, part)
             return _FAILURE, None, f"{type(exc).__name__}: {exc}"
 
-    def _dep_value(self, i: int, dep_name: str) -> Any:
-        for j, _optional in self._deps[i]:
-            if self._names[j] == dep_name:
-                return self._values[j] if self._records[j].outcome in _HAS_VALUE else None
-        return None  # an optional dependency that was not selected
+    def _context(self, i: int, attempt: _Attempt) -> Context:
+        return Context(
+            self._names[i],
+            workdir=self.workdir,
+            run_id=self.run_id,
+            attempt=attempt.number,
+            cancellation=attempt.cancellation,
+            output=self.console.output,
+            environ=self.environ,
+        )
+
+    def _dep_value(self, dep_name: str) -> Any:
+        j = self._index.get(dep_name)
+        if j is None:
+            return None  # an optional dependency that was not selected
+        return self._values[j] if self._records[j].outcome in _HAS_VALUE else None
 
     def _complete(
         self, i: int, attempt: _Attempt, kind: int, value: Any, detail: str | None

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, NamedTuple, overload
 
 from .capabilities import Requires
 from .conditions import Condition
@@ -37,8 +38,7 @@ class ParallelLimit:
             raise SpecError(f"ParallelLimit {self.name!r}: count must be an integer >= 1")
 
 
-@dataclass(frozen=True)
-class Dependency:
+class Dependency(NamedTuple):
     """One edge: the dependency's name and whether a failure or absence of it is tolerated."""
 
     name: str
@@ -62,12 +62,21 @@ def optional(dependency: Module | str) -> Any:
     return _Optional(dependency)
 
 
+_NO_REQUIREMENTS = Requires()
+
 SkipIf = Condition | Callable[[Any], Any]
 NotInParallel = str | Iterable[str] | bool
 
 
 class Module:
     """A unit of CI work: the decorated function plus its spec. Calling it calls the function."""
+
+    __slots__ = (
+        "fn", "name", "depends_on", "requires", "not_in_parallel", "alone", "parallel_limit",
+        "timeout", "retries", "retry_delay", "skip_if", "ignore_failure", "always_run",
+        "category", "tags", "inputs", "outputs", "cache", "affinity", "cost", "is_async",
+        "__wrapped__",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -96,10 +105,8 @@ class Module:
             raise SpecError(f"@ciflow.module decorates a function, not {fn!r}")
         self.fn = fn
         self.__wrapped__ = fn
-        self.__doc__ = fn.__doc__
         self.name = name if name is not None else getattr(fn, "__name__", "")
-        self.source = _source(fn)
-        where = f"{self.source}: module {self.name!r}"
+        where = _Where(self)
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise SpecError(
                 f"{where}: invalid name; use letters, digits, '_', '-', '.' "
@@ -108,7 +115,7 @@ class Module:
         self.depends_on = _dependencies(depends_on, where)
         if requires is not None and not isinstance(requires, Requires):
             raise SpecError(f"{where}: requires= takes ciflow.Requires(...), not {requires!r}")
-        self.requires = requires or Requires()
+        self.requires = requires or _NO_REQUIREMENTS
         self.alone, self.not_in_parallel = _keys(not_in_parallel, where)
         if parallel_limit is not None and not isinstance(parallel_limit, ParallelLimit):
             raise SpecError(
@@ -150,6 +157,11 @@ class Module:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
+    @property
+    def source(self) -> str:
+        """``file.py:line`` of the function, for error messages."""
+        return _source(self.fn)
+
     def __repr__(self) -> str:
         return f"<ciflow module {self.name!r}>"
 
@@ -158,14 +170,37 @@ def _source(fn: Callable[..., Any]) -> str:
     code = getattr(fn, "__code__", None)
     if code is None:
         return "<unknown>"
-    return f"{Path(code.co_filename).name}:{code.co_firstlineno}"
+    return f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
 
 
-def _dependencies(deps: Sequence[Any], where: str) -> tuple[Dependency, ...]:
+class _Where:
+    """``file.py:line: module 'name'``, formatted only when an error message needs it."""
+
+    __slots__ = ("mod",)
+
+    def __init__(self, mod: Module) -> None:
+        self.mod = mod
+
+    def __str__(self) -> str:
+        return f"{self.mod.source}: module {self.mod.name!r}"
+
+
+def _dependencies(deps: Sequence[Any], where: _Where) -> tuple[Dependency, ...]:
     if isinstance(deps, str | Module | _Optional):
         deps = [deps]
     result: list[Dependency] = []
+    seen: set[str] = set()
     for dep in deps:
+        if type(dep) is Module:  # the common case first
+            name = dep.name
+            if name in seen:
+                raise SpecError(f"{where}: depends on {name!r} twice")
+            seen.add(name)
+            required = _REQUIRED.get(name)
+            if required is None:
+                required = _REQUIRED[name] = Dependency(name, False)
+            result.append(required)
+            continue
         is_optional = isinstance(dep, _Optional)
         target = dep.target if isinstance(dep, _Optional) else dep
         if isinstance(target, Module):
@@ -174,13 +209,14 @@ def _dependencies(deps: Sequence[Any], where: str) -> tuple[Dependency, ...]:
             name = target
         else:
             raise SpecError(f"{where}: depends_on takes modules or module names, not {target!r}")
-        if any(d.name == name for d in result):
+        if name in seen:
             raise SpecError(f"{where}: depends on {name!r} twice")
+        seen.add(name)
         result.append(Dependency(name, is_optional))
     return tuple(result)
 
 
-def _keys(value: NotInParallel, where: str) -> tuple[bool, tuple[str, ...]]:
+def _keys(value: NotInParallel, where: _Where) -> tuple[bool, tuple[str, ...]]:
     if value is True:
         return True, ()
     if value is False or value is None:
@@ -193,7 +229,9 @@ def _keys(value: NotInParallel, where: str) -> tuple[bool, tuple[str, ...]]:
     return False, tuple(dict.fromkeys(keys))
 
 
-def _positive(value: float | None, what: str, where: str, allow_zero: bool = False) -> float | None:
+def _positive(
+    value: float | None, what: str, where: _Where, allow_zero: bool = False
+) -> float | None:
     if value is None:
         return None
     if (
@@ -208,7 +246,7 @@ def _positive(value: float | None, what: str, where: str, allow_zero: bool = Fal
     return float(value)
 
 
-def _strings(values: Iterable[str], what: str, where: str) -> tuple[str, ...]:
+def _strings(values: Iterable[str], what: str, where: _Where) -> tuple[str, ...]:
     items = (values,) if isinstance(values, str) else tuple(values)
     if not all(isinstance(v, str) and v for v in items):
         raise SpecError(f"{where}: {what} must be a list of non-empty strings")
@@ -216,6 +254,9 @@ def _strings(values: Iterable[str], what: str, where: str) -> tuple[str, ...]:
 
 
 _SPEC_FIELDS = frozenset(inspect.signature(Module.__init__).parameters) - {"self", "fn"}
+
+# Immutable, so shared: one required-dependency edge object per name.
+_REQUIRED: dict[str, Dependency] = {}
 
 # The registry the decorator fills and the loader drains (like nox's session registry).
 _REGISTRY: dict[str, Module] = {}
@@ -240,6 +281,7 @@ def registered() -> list[Module]:
 def reset_registry() -> None:
     """Forget every registered module (the loader and tests call this)."""
     _REGISTRY.clear()
+    _REQUIRED.clear()
 
 
 @overload

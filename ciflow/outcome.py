@@ -35,7 +35,7 @@ _OK = frozenset({Outcome.SUCCEEDED, Outcome.CACHED, Outcome.IGNORED_FAILURE})
 _BAD = frozenset({Outcome.FAILED, Outcome.TIMED_OUT, Outcome.DEPENDENCY_FAILED, Outcome.CANCELLED})
 
 
-@dataclass
+@dataclass(slots=True)
 class ModuleRecord:
     """What happened to one module: outcome, attempts, wall-clock start/end, error or reason."""
 

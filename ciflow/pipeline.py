@@ -8,18 +8,19 @@ annotations, and answers selection questions (``--only``, ``--skip``, ``--catego
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib.util
 import inspect
 import re
 import sys
-import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import modules as _modules
+from ._gc import gc_paused
 from .errors import (
     CiflowError,
     PipelineError,
@@ -59,6 +60,10 @@ class Pipeline:
     """The validated DAG of modules; construct it from modules or with `load_pipeline`."""
 
     def __init__(self, modules: Iterable[Module], path: Path | None = None) -> None:
+        with gc_paused():
+            self._build(modules, path)
+
+    def _build(self, modules: Iterable[Module], path: Path | None) -> None:
         self.path = path
         self.modules: dict[str, Module] = {}
         for mod in modules:
@@ -72,20 +77,7 @@ class Pipeline:
             raise PipelineError(
                 f"no modules defined{where}; decorate functions with @ciflow.module"
             )
-        for mod in self.modules.values():
-            for dep in mod.depends_on:
-                if dep.name not in self.modules:
-                    raise UnknownModuleError(
-                        f"{mod.source}: module {mod.name!r} depends on unknown module "
-                        f"{dep.name!r}{_suggest(dep.name, self.modules)}"
-                    )
-        self.order: list[str] = topological_order(
-            {name: [d.name for d in mod.depends_on] for name, mod in self.modules.items()}
-        )
-        self.dependents: dict[str, list[str]] = {name: [] for name in self.modules}
-        for name in self.order:
-            for dep in self.modules[name].depends_on:
-                self.dependents[dep.name].append(name)
+        self.order: list[str] = self._dependency_order()
         self.bindings: dict[str, Binding] = {name: _bind(mod) for name, mod in self.modules.items()}
         limits: dict[str, int] = {}
         for mod in self.modules.values():
@@ -96,6 +88,35 @@ class Pipeline:
                     f"{limits[lim.name]} elsewhere; use one count per limit name"
                 )
         self.limits = limits
+
+    @functools.cached_property
+    def dependents(self) -> dict[str, list[str]]:
+        """For each module, the modules that depend on it (in dependency order)."""
+        found: dict[str, list[str]] = {name: [] for name in self.modules}
+        for name in self.order:
+            for dep in self.modules[name].depends_on:
+                found[dep.name].append(name)
+        return found
+
+    def _dependency_order(self) -> list[str]:
+        """Dependencies first, ties in definition order; checks names and cycles."""
+        position = {name: i for i, name in enumerate(self.modules)}
+        in_order = True
+        for i, mod in enumerate(self.modules.values()):
+            for dep in mod.depends_on:
+                at = position.get(dep.name)
+                if at is None:
+                    raise UnknownModuleError(
+                        f"{mod.source}: module {mod.name!r} depends on unknown module "
+                        f"{dep.name!r}{_suggest(dep.name, self.modules)}"
+                    )
+                if at >= i:
+                    in_order = False
+        if in_order:  # the usual case: modules are defined after what they depend on
+            return list(self.modules)
+        return topological_order(
+            {name: [d.name for d in mod.depends_on] for name, mod in self.modules.items()}
+        )
 
     def __len__(self) -> int:
         return len(self.modules)
@@ -158,7 +179,50 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 
 
 def _param_key(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return name if name.isidentifier() else re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+_UNSET: Any = object()
+
+
+def _resolve(annotation: Any, fn: Any) -> Any:
+    """Evaluate a string annotation (``from __future__ import annotations``) in fn's globals."""
+    if not isinstance(annotation, str):
+        return annotation
+    if annotation == "None":
+        return None
+    return eval(annotation, getattr(fn, "__globals__", {}))  # noqa: S307 - the user's own code
+
+
+def _parameters(fn: Any) -> list[tuple[str, Any, bool]]:
+    """(name, raw annotation, has default) per parameter that can be passed by keyword."""
+    code = getattr(fn, "__code__", None)
+    if code is None or not hasattr(fn, "__defaults__") or inspect.ismethod(fn):
+        params = inspect.signature(fn).parameters
+        out = []
+        for name, p in params.items():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.kind is p.POSITIONAL_ONLY:
+                raise SignatureError(f"parameter {name!r} must not be positional-only")
+            out.append((name, p.annotation, p.default is not p.empty))
+        return out
+    if code.co_posonlyargcount:
+        name = code.co_varnames[0]
+        raise SignatureError(f"parameter {name!r} must not be positional-only")
+    names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    annotations = getattr(fn, "__annotations__", {})
+    positional_defaults = len(fn.__defaults__ or ())
+    kw_defaults = fn.__kwdefaults__ or {}
+    first_default = code.co_argcount - positional_defaults
+    return [
+        (
+            name,
+            annotations.get(name, _UNSET),
+            i >= first_default if i < code.co_argcount else name in kw_defaults,
+        )
+        for i, name in enumerate(names)
+    ]
 
 
 def _bind(mod: Module) -> Binding:
@@ -166,34 +230,40 @@ def _bind(mod: Module) -> Binding:
 
     where = f"{mod.source}: module {mod.name!r}"
     try:
-        hints = typing.get_type_hints(mod.fn)
-    except Exception as exc:  # NameError for an undefined forward reference, mostly
-        raise SignatureError(f"{where}: cannot resolve its annotations: {exc}") from None
-    try:
-        params = inspect.signature(mod.fn).parameters
+        params = _parameters(mod.fn)
+    except SignatureError as exc:
+        raise SignatureError(f"{where}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise SignatureError(f"{where}: cannot read its signature: {exc}") from None
-    deps = {_param_key(d.name): d.name for d in mod.depends_on}
+    deps = {_param_key(d.name): d.name for d in mod.depends_on} if params else {}
     ctx_param: str | None = None
     bound: list[tuple[str, str]] = []
-    for pname, param in params.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if param.kind is param.POSITIONAL_ONLY:
-            raise SignatureError(f"{where}: parameter {pname!r} must not be positional-only")
-        if hints.get(pname) is Context or (pname in ("ctx", "context") and pname not in deps):
-            if ctx_param is not None:
-                raise SignatureError(f"{where}: two context parameters ({ctx_param}, {pname})")
-            ctx_param = pname
-        elif pname in deps:
-            bound.append((pname, deps[pname]))
-        elif param.default is param.empty:
-            known = ", ".join(sorted(deps)) or "none"
-            raise SignatureError(
-                f"{where}: parameter {pname!r} names no dependency (its dependencies: {known}); "
-                "name it after a module in depends_on, or call it ctx for the context"
+    try:
+        for pname, annotation, has_default in params:
+            is_ctx = annotation is Context or (
+                isinstance(annotation, str)
+                and "Context" in annotation
+                and _resolve(annotation, mod.fn) is Context
             )
-    annotation = hints.get("return", Any)
+            if is_ctx or (pname in ("ctx", "context") and pname not in deps):
+                if ctx_param is not None:
+                    raise SignatureError(f"{where}: two context parameters ({ctx_param}, {pname})")
+                ctx_param = pname
+            elif pname in deps:
+                bound.append((pname, deps[pname]))
+            elif not has_default:
+                known = ", ".join(sorted(deps)) or "none"
+                raise SignatureError(
+                    f"{where}: parameter {pname!r} names no dependency (its dependencies: "
+                    f"{known}); name it after a module in depends_on, or call it ctx for the "
+                    "context"
+                )
+        raw = getattr(mod.fn, "__annotations__", {}).get("return", Any)
+        annotation = _resolve(raw, mod.fn)
+    except SignatureError:
+        raise
+    except Exception as exc:  # NameError for an undefined forward reference, mostly
+        raise SignatureError(f"{where}: cannot resolve its annotations: {exc}") from None
     try:
         rtype = result_type(annotation)
     except SpecError as exc:
@@ -219,7 +289,8 @@ def load_pipeline(path: str | Path | None = None) -> Pipeline:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     try:
-        spec.loader.exec_module(py_module)
+        with gc_paused():
+            spec.loader.exec_module(py_module)
     except SyntaxError as exc:
         raise PipelineLoadError(
             f"{exc.filename or file}:{exc.lineno}: syntax error: {exc.msg}"

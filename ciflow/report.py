@@ -6,14 +6,13 @@ Readers check ``schema_version``; a version newer than this ciflow knows is a cl
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ._files import atomic_write_text
 from .engine import RunResult
 from .errors import CiflowError, UsageError
 from .masking import MASKER
@@ -98,15 +97,8 @@ def build_report(result: RunResult) -> RunReport:
 
 def write_report(report: RunReport, path: Path) -> None:
     """Write the report atomically: a reader never sees half a file."""
-    data = report.model_dump_json(indent=2) + "\n"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, report.model_dump_json(indent=2) + "\n")
     except OSError as exc:
         raise UsageError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
 

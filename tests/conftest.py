@@ -13,8 +13,9 @@ PIPELINES = Path(__file__).parent / "pipelines"
 
 
 @pytest.fixture(autouse=True)
-def _clean_state() -> Iterator[None]:
-    """Each test starts with no registered modules and no secrets."""
+def _clean_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no registered modules, no secrets and a private history file."""
+    monkeypatch.setenv("CIFLOW_HISTORY", str(tmp_path / "history.json"))
     reset_registry()
     MASKER.clear()
     yield
