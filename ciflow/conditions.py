@@ -39,17 +39,22 @@ class Condition:
         return Condition(lambda ctx: not self(ctx), self._negated, self.description)
 
     def __and__(self, other: Condition) -> Condition:
-        return Condition(
-            lambda ctx: self(ctx) and other(ctx), f"{self.description} and {other.description}"
-        )
+        text = f"{_group(self.description)} and {_group(other.description)}"
+        return Condition(lambda ctx: self(ctx) and other(ctx), text)
 
     def __or__(self, other: Condition) -> Condition:
-        return Condition(
-            lambda ctx: self(ctx) or other(ctx), f"{self.description} or {other.description}"
-        )
+        text = f"{_group(self.description)} or {_group(other.description)}"
+        return Condition(lambda ctx: self(ctx) or other(ctx), text)
 
     def __repr__(self) -> str:
         return f"Condition({self.description!r})"
+
+
+def _group(description: str) -> str:
+    """Parenthesize a combined description so that ``&`` and ``|`` keep their grouping."""
+    if " and " in description or " or " in description:
+        return f"({description})"
+    return description
 
 
 def _negate(description: str) -> str:

@@ -73,8 +73,9 @@ class Context:
                 return env[name]
         try:
             found = subprocess.run(
-                ["git", "rev-parse", "--abbrev-ref", "HEAD"],
+                ["git", "symbolic-ref", "--short", "-q", "HEAD"],  # works before a first commit
                 cwd=self.workdir,
+                env=env,
                 capture_output=True,
                 text=True,
                 timeout=10,
@@ -83,7 +84,7 @@ class Context:
         except (OSError, subprocess.SubprocessError):
             return None
         name = found.stdout.strip()
-        return name if found.returncode == 0 and name and name != "HEAD" else None
+        return name if found.returncode == 0 and name else None  # None when detached
 
     def log(self, message: str) -> None:
         """Print a line under this module's name (secrets masked)."""

@@ -526,6 +526,7 @@ class Engine:
         rec.duration += time.monotonic() - attempt.start
         if kind == _SUCCESS:
             self._values[i] = value
+            rec.error = None  # an earlier attempt's error is history now
             self._finish(i, Outcome.SUCCEEDED)
             return
         if kind == _CANCELLED and not attempt.timed_out:

@@ -118,11 +118,14 @@ class RequirementError(CiflowError):
 class CommandFailed(CiflowError):
     """A command run with `ctx.run` exited non-zero; `tail` holds its last output lines."""
 
-    def __init__(self, command: str, returncode: int, tail: Sequence[str] = ()) -> None:
+    def __init__(
+        self, command: str, returncode: int, tail: Sequence[str] = (), reason: str | None = None
+    ) -> None:
         self.command = command
         self.returncode = returncode
         self.tail = list(tail)
-        message = f"command failed with exit code {returncode}: {command}"
+        why = reason or f"failed with exit code {returncode}"
+        message = f"command {why}: {command}"
         if self.tail:
             message += "\n" + "\n".join(self.tail)
         super().__init__(message)

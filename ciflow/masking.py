@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from typing import Any
 
 __all__ = ["MASKER", "Masker", "secret"]
 
@@ -24,9 +25,9 @@ class Masker:
         self._pattern: re.Pattern[str] | None = None
 
     def add(self, value: str | None) -> None:
-        """Mask ``value`` (and each of its lines) from now on; empty values are ignored."""
-        if not value:
-            return
+        """Mask ``value`` (and each of its lines) from now on; blank values are ignored."""
+        if not value or not value.strip():
+            return  # masking whitespace would garble every line
         parts = {value, *(line for line in value.splitlines() if line.strip())}
         with self._lock:
             if parts <= self._values:
@@ -41,6 +42,18 @@ class Masker:
         if pattern is None:
             return text
         return pattern.sub(MASK, text)
+
+    def mask_data(self, data: Any) -> Any:
+        """Mask every string (and key) inside parsed JSON data."""
+        if self._pattern is None:
+            return data
+        if isinstance(data, str):
+            return self.mask(data)
+        if isinstance(data, list):
+            return [self.mask_data(item) for item in data]
+        if isinstance(data, dict):
+            return {self.mask(str(k)): self.mask_data(v) for k, v in data.items()}
+        return data
 
     def clear(self) -> None:
         """Forget every secret (tests)."""

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ _POSIX = os.name == "posix"
 class Cancellation:
     """The cancel switch of one module attempt; processes attached to it die with it."""
 
-    __slots__ = ("_lock", "_procs", "_callbacks", "reason", "cancelled_at")
+    __slots__ = ("_lock", "_procs", "_callbacks", "reason", "cancelled_at", "signalled")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -37,6 +37,7 @@ class Cancellation:
         self._callbacks: list[Callable[[], None]] = []
         self.reason: str | None = None
         self.cancelled_at: float | None = None
+        self.signalled: set[int] = set()  # every pid sent SIGTERM, for the SIGKILL round
 
     @property
     def cancelled(self) -> bool:
@@ -52,7 +53,7 @@ class Cancellation:
             procs = list(self._procs)
             callbacks = list(self._callbacks)
         for proc in procs:
-            kill_tree(proc, signal.SIGTERM)
+            self.signalled.update(kill_tree(proc, signal.SIGTERM))
         for callback in callbacks:
             callback()
 
@@ -74,7 +75,7 @@ class Cancellation:
             self._procs.add(proc)
             cancelled = self.reason is not None
         if cancelled:
-            kill_tree(proc, signal.SIGTERM)
+            self.signalled.update(kill_tree(proc, signal.SIGTERM))
 
     def detach(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:
@@ -109,8 +110,12 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-    """Signal ``proc``, its process group and every descendant still known."""
+def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> list[int]:
+    """Signal ``proc``, its process group and every descendant; return the pids signalled.
+
+    Descendants that started their own session are found through /proc while they are still
+    descendants; remember the returned pids to finish them off with `kill_pids` later.
+    """
     if not _POSIX:
         subprocess.run(
             ["taskkill", "/T", "/F", "/PID", str(proc.pid)],
@@ -118,17 +123,38 @@ def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
             stderr=subprocess.DEVNULL,
             check=False,
         )
-        return
-    pids = _descendants(proc.pid)
+        return [proc.pid]
+    pids = [proc.pid, *_descendants(proc.pid)]
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-    for pid in [proc.pid, *pids]:
+    kill_pids(pids, sig)
+    return pids
+
+
+def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to each pid that still exists."""
+    for pid in pids:
         try:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (Linux /proc; elsewhere a signal 0 probe)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -177,7 +203,10 @@ def run_command(
             **kwargs,  # type: ignore[call-overload]
         )
     except OSError as exc:
-        raise CommandFailed(shown, 127, [f"cannot start: {exc.strerror or exc}"]) from None
+        message = f"cannot start: {exc.strerror or exc}"
+        if check:
+            raise CommandFailed(shown, 127, [message]) from None
+        return CommandResult(shown, 127, message if capture else "", (message,))
     cancellation.attach(proc)
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     captured: list[str] = []
@@ -197,60 +226,87 @@ def run_command(
         threading.Thread(
             target=_feed, args=(proc, stdin.encode()), name="ciflow-stdin", daemon=True
         ).start()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    timed_out = False
-    killed = False
     try:
-        while True:
-            try:
-                proc.wait(timeout=0.05)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            now = time.monotonic()
-            if deadline is not None and now >= deadline and not timed_out:
-                timed_out = True
-                deadline = now
-                kill_tree(proc, signal.SIGTERM)
-            started = cancellation.cancelled_at if cancellation.cancelled else deadline
-            if (cancellation.cancelled or timed_out) and not killed and started is not None:
-                if now - started >= KILL_GRACE:
-                    kill_tree(proc, signal.SIGKILL)
-                    killed = True
+        timed_out = _wait(proc, reader, cancellation, timeout)
     except BaseException:
         kill_tree(proc, signal.SIGKILL)
         raise
     finally:
         cancellation.detach(proc)
-    # The process is gone; its output ends when every holder of the pipe is gone too. A
-    # background descendant may hold it: wait for it like a shell would, unless cancelled.
-    while reader.is_alive():
-        reader.join(timeout=0.05)
-        if deadline is not None and time.monotonic() >= deadline:
-            timed_out = True
-        if cancellation.cancelled or timed_out:
-            _kill_group(proc.pid)
-            reader.join(timeout=KILL_GRACE)
-            break
     if not reader.is_alive() and proc.stdout is not None:
         proc.stdout.close()
     if cancellation.cancelled:
         raise ModuleCancelled(cancellation.reason or "cancelled")
     code = proc.returncode
     if timed_out:
-        raise CommandFailed(shown, code, [*tail, f"(command timed out after {timeout:g}s)"])
+        raise CommandFailed(shown, code, list(tail), reason=f"timed out after {timeout:g}s")
     if check and code != 0:
         raise CommandFailed(shown, code, list(tail))
     return CommandResult(shown, code, "\n".join(captured), tuple(tail))
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    reader: threading.Thread,
+    cancellation: Cancellation,
+    timeout: float | None,
+) -> bool:
+    """Wait for the command and its output; on cancel or timeout stop the whole tree.
+
+    SIGTERM first (sent by `Cancellation.cancel`, or here on timeout), SIGKILL to every pid
+    signalled and the process group after ``KILL_GRACE``. Without a stop, a background
+    descendant holding the output open is waited for, as a shell would. Returns whether the
+    command timed out.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    doomed: set[int] = set()
+    stopping_since: float | None = None
+    timed_out = killed = False
+    while True:
+        exited = proc.poll() is not None
+        if exited and not reader.is_alive():
+            if stopping_since is None or killed:
+                return timed_out
+            if not any(_alive(pid) for pid in doomed | cancellation.signalled):
+                return timed_out
+        now = time.monotonic()
+        if stopping_since is None:
+            if cancellation.cancelled:
+                stopping_since = cancellation.cancelled_at or now
+            elif deadline is not None and now >= deadline:
+                timed_out = True
+                stopping_since = now
+                doomed.update(kill_tree(proc, signal.SIGTERM))
+        elif not killed and now - stopping_since >= KILL_GRACE:
+            if not exited:
+                doomed.update(kill_tree(proc, signal.SIGKILL))
+            _kill_group(proc.pid)
+            kill_pids(doomed | cancellation.signalled)
+            killed = True
+        elif killed and now - stopping_since >= 2 * KILL_GRACE:
+            return timed_out  # something outside the tree holds the output open: give up on it
+        if not exited:
+            try:
+                proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        elif reader.is_alive():
+            reader.join(timeout=0.05)
+        else:
+            time.sleep(0.02)
 
 
 def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
     assert proc.stdin is not None
     try:
         proc.stdin.write(data)
-        proc.stdin.close()
-    except (BrokenPipeError, OSError):
+    except OSError:  # BrokenPipeError: the command does not read its input
         pass
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
 
 
 def _kill_group(pgid: int) -> None:

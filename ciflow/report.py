@@ -77,10 +77,10 @@ def build_report(result: RunResult) -> RunReport:
                 end=_time(rec.end),
                 duration=round(rec.duration, 6),
                 error=MASKER.mask(rec.error) if rec.error else None,
-                skip_reason=rec.skip_reason,
+                skip_reason=MASKER.mask(rec.skip_reason) if rec.skip_reason else None,
                 worker=rec.worker,
                 slot=rec.slot,
-                result=json.loads(MASKER.mask(rec.result.decode())) if rec.result else None,
+                result=MASKER.mask_data(json.loads(rec.result)) if rec.result else None,
             )
         )
     return RunReport(

@@ -6,6 +6,7 @@ import time
 
 from .console import format_duration
 from .engine import RunResult
+from .masking import MASKER
 from .outcome import ModuleRecord, Outcome
 
 __all__ = ["render_summary"]
@@ -34,7 +35,7 @@ def _order(records: list[ModuleRecord]) -> list[ModuleRecord]:
 
 
 def render_summary(result: RunResult) -> str:
-    """The summary as text, ready to print."""
+    """The summary as text, ready to print anywhere (secrets masked)."""
     records = _order(result.records)
     show_slot = any(r.slot is not None for r in records)
     header = ["module", "outcome", "duration", "start", "end", "attempts"]
@@ -89,4 +90,4 @@ def render_summary(result: RunResult) -> str:
     )
     total = format_duration(result.finished - result.started)
     lines += ["", f"{verdict}: {len(result.records)} module(s): {tally} in {total}"]
-    return "\n".join(lines)
+    return MASKER.mask("\n".join(lines))
