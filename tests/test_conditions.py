@@ -7,17 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import run_registered
 from hypothesis import given
 from hypothesis import strategies as st
 
 import ciflow
 from ciflow.conditions import Condition, env_set, not_on_branch, not_on_ci, on_branch, on_ci
-from ciflow.console import Console
 from ciflow.context import Context
-from ciflow.engine import Engine
-from ciflow.modules import registered
 from ciflow.outcome import Outcome
-from ciflow.pipeline import Pipeline
 
 NOWHERE = Path("/nonexistent-ciflow-workdir")
 
@@ -285,14 +282,9 @@ def test_combinations_evaluate_like_boolean_logic(
 
 
 def _run(tmp_path: Path, out: io.StringIO, **environ: str) -> dict[str, tuple[Outcome, str]]:
-    result = Engine(
-        Pipeline(registered()),
-        console=Console(out, live=False, color=False),
-        jobs=4,
-        handle_signals=False,
-        workdir=tmp_path,
-        environ={"PATH": os.environ.get("PATH", ""), **environ},
-    ).run()
+    result = run_registered(
+        tmp_path, out, color=False, jobs=4, environ={"PATH": os.environ.get("PATH", ""), **environ}
+    )
     return {
         r.name: (r.outcome, r.skip_reason or "") for r in result.records if r.outcome is not None
     }
@@ -355,12 +347,6 @@ def test_a_raising_condition_fails_the_module(tmp_path: Path, out: io.StringIO) 
     def guarded(ctx: ciflow.Context) -> None:
         raise AssertionError("must not run")
 
-    result = Engine(
-        Pipeline(registered()),
-        console=Console(out, live=False),
-        jobs=1,
-        handle_signals=False,
-        workdir=tmp_path,
-    ).run()
+    result = run_registered(tmp_path, out, jobs=1)
     assert result.records[0].outcome is Outcome.FAILED
     assert result.records[0].error == "skip_if raised KeyError: 'NOPE'"

@@ -8,15 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import run_registered
 
 import ciflow
 import ciflow.console
 from ciflow.console import Console, format_duration
-from ciflow.engine import Engine
 from ciflow.masking import MASKER, Masker
-from ciflow.modules import registered
 from ciflow.outcome import ModuleRecord, Outcome
-from ciflow.pipeline import Pipeline
 
 CLEAR = "\r\x1b[2K"
 
@@ -369,13 +367,7 @@ def test_plain_lines_of_a_real_run(tmp_path: Path, out: io.StringIO) -> None:
     def after(ctx: ciflow.Context) -> None:
         ctx.run("echo from the shell")
 
-    result = Engine(
-        Pipeline(registered()),
-        console=Console(out, live=False, color=False),
-        jobs=4,
-        handle_signals=False,
-        workdir=tmp_path,
-    ).run()
+    result = run_registered(tmp_path, out, color=False, jobs=4)
     assert result.exit_code == 0 and attempts == [1, 2]
     lines = out.getvalue().splitlines()
     assert re.fullmatch(r"ciflow: run \S+: 3 module\(s\), up to 4 at a time", lines[0])
@@ -407,13 +399,7 @@ def test_retried_success_line_shows_no_stale_error(tmp_path: Path, out: io.Strin
         if ctx.attempt == 1:
             raise RuntimeError("first try fails")
 
-    result = Engine(
-        Pipeline(registered()),
-        console=Console(out, live=False, color=False),
-        jobs=1,
-        handle_signals=False,
-        workdir=tmp_path,
-    ).run()
+    result = run_registered(tmp_path, out, color=False, jobs=1)
     assert result.records[0].outcome is Outcome.SUCCEEDED
     finished = [line for line in out.getvalue().splitlines() if " succeeded" in line]
     assert len(finished) == 1

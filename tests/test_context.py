@@ -10,16 +10,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import run_registered
 
 import ciflow
 from ciflow.console import Console
 from ciflow.context import Context
-from ciflow.engine import Engine
 from ciflow.errors import CommandFailed, ModuleCancelled
 from ciflow.masking import MASKER
-from ciflow.modules import registered
 from ciflow.outcome import Outcome
-from ciflow.pipeline import Pipeline
 from ciflow.process import Cancellation
 
 BRANCH_VARIABLES = [
@@ -137,14 +135,7 @@ def test_env_is_private_per_module_in_an_engine_run(tmp_path: Path, out: io.Stri
         seen["cmd"] = ctx.run('echo "${CIFLOW_SET_BY_FIRST:-unset}"', capture=True).output
         seen["given"] = ctx.env.get("GIVEN", "")
 
-    result = Engine(
-        Pipeline(registered()),
-        console=Console(out, live=False),
-        jobs=4,
-        handle_signals=False,
-        workdir=tmp_path,
-        environ=base_env(GIVEN="from-engine"),
-    ).run()
+    result = run_registered(tmp_path, out, jobs=4, environ=base_env(GIVEN="from-engine"))
     assert [r.outcome for r in result.records] == [Outcome.SUCCEEDED, Outcome.SUCCEEDED]
     assert seen == {"env": "unset", "cmd": "unset", "given": "from-engine"}
     assert "CIFLOW_SET_BY_FIRST" not in os.environ
@@ -246,13 +237,7 @@ def test_engine_workdir_reaches_the_context(tmp_path: Path, out: io.StringIO) ->
         seen.append(ctx.run("pwd -P", capture=True).output)
         (ctx.workdir / "made-here").write_text("x")
 
-    result = Engine(
-        Pipeline(registered()),
-        console=Console(out, live=False),
-        jobs=4,
-        handle_signals=False,
-        workdir=tmp_path,
-    ).run()
+    result = run_registered(tmp_path, out, jobs=4)
     assert result.exit_code == 0
     assert seen == [tmp_path, os.path.realpath(tmp_path)]
     assert (tmp_path / "made-here").exists()

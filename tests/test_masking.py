@@ -8,16 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import run_registered
 from hypothesis import given
 from hypothesis import strategies as st
 
 import ciflow
 from ciflow.console import Console
-from ciflow.engine import Engine, RunResult
+from ciflow.engine import RunResult
 from ciflow.masking import MASK, MASKER, Masker
-from ciflow.modules import registered
 from ciflow.outcome import Outcome
-from ciflow.pipeline import Pipeline
 from ciflow.report import build_report
 from ciflow.summary import render_summary
 
@@ -200,14 +199,7 @@ def _run(tmp_path: Path, out: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> R
         ciflow.secret("TOKEN")
         return {"header": f"Bearer {TOKEN}"}
 
-    result = Engine(
-        Pipeline(registered()),
-        console=Console(out, live=False),
-        jobs=4,
-        handle_signals=False,
-        workdir=tmp_path,
-        keep_going=True,
-    ).run()
+    result = run_registered(tmp_path, out, jobs=4, keep_going=True)
     return Run(
         result,
         out.getvalue(),
@@ -293,13 +285,7 @@ def test_report_result_masks_secrets_that_json_escapes(
         ctx.mask(value)
         return ["before", value, "after"]
 
-    result = Engine(
-        Pipeline(registered()),
-        console=Console(out, live=False),
-        jobs=1,
-        handle_signals=False,
-        workdir=tmp_path,
-    ).run()
+    result = run_registered(tmp_path, out, jobs=1)
     assert result.records[0].outcome is Outcome.SUCCEEDED
     report = build_report(result)
     assert report.modules[0].result == ["before", "***", "after"]
@@ -317,13 +303,7 @@ def test_report_is_built_when_a_secret_spans_json_syntax(tmp_path: Path, out: io
         ctx.mask('hunter2"')
         return {"user": "hunter2"}
 
-    result = Engine(
-        Pipeline(registered()),
-        console=Console(out, live=False),
-        jobs=1,
-        handle_signals=False,
-        workdir=tmp_path,
-    ).run()
+    result = run_registered(tmp_path, out, jobs=1)
     assert result.records[0].outcome is Outcome.SUCCEEDED
     report = build_report(result)
     assert report.modules[0].result == {"user": "hunter2"}

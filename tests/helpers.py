@@ -1,0 +1,26 @@
+"""Shared helpers for the tests (imported as ``helpers``: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from ciflow.console import Console
+from ciflow.engine import Engine, RunResult
+from ciflow.modules import registered
+from ciflow.pipeline import Pipeline
+
+
+def run_registered(
+    tmp_path: Path, out: io.StringIO, *, color: bool | None = None, **kwargs: Any
+) -> RunResult:
+    """Run every module the test registered, printing plain lines into ``out``."""
+    kwargs.setdefault("jobs", 1)
+    return Engine(
+        Pipeline(registered()),
+        console=Console(out, live=False, color=color),
+        handle_signals=False,
+        workdir=tmp_path,
+        **kwargs,
+    ).run()
