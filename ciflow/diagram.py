@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from .pipeline import Pipeline
 
-__all__ = ["to_dot", "to_mermaid"]
+__all__ = ["to_dot", "to_gantt", "to_mermaid"]
 
 
 def _node_id(name: str) -> str:
@@ -37,4 +38,21 @@ def to_dot(pipeline: Pipeline) -> str:
             style = " [style=dashed]" if dep.optional else ""
             lines.append(f'    "{dep.name}" -> "{name}"{style};')
     lines.append("}")
+    return "\n".join(lines)
+
+
+def to_gantt(title: str, sections: Sequence[tuple[str, Sequence[tuple[str, float, float]]]]) -> str:
+    """A mermaid Gantt chart: one section per slot, one bar per (name, start, end) in seconds."""
+    lines = [
+        "gantt",
+        f"    title {title}",
+        "    dateFormat x",
+        "    axisFormat %M:%S",
+    ]
+    for section, bars in sections:
+        lines.append(f"    section {section}")
+        for name, start, end in bars:
+            begin = int(round(start * 1000))
+            finish = max(begin + 1, int(round(end * 1000)))
+            lines.append(f"    {name} : {begin}, {finish}")
     return "\n".join(lines)

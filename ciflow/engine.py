@@ -13,7 +13,6 @@ import gc
 import heapq
 import os
 import random
-import signal
 import threading
 import time
 import traceback
@@ -21,13 +20,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ._gc import gc_paused
+from ._signals import catching_signals
 from .capabilities import Capabilities
 from .context import Context
 from .errors import CommandFailed, ModuleCancelled, RequirementError, ResultTypeError
+from .outcome import DEPENDENCY_EFFECT as _DEP_OUTCOME
 from .outcome import ModuleRecord, Outcome
 from .pipeline import Pipeline, Selection
 from .process import KILL_GRACE, Cancellation
@@ -105,13 +105,6 @@ class _Attempt:
 
 
 _SUCCESS, _FAILURE, _CANCELLED, _SKIP = range(4)
-_DEP_OUTCOME = {
-    Outcome.SKIPPED: (Outcome.SKIPPED, "was skipped", 0),
-    Outcome.CANCELLED: (Outcome.CANCELLED, "was cancelled", 1),
-    Outcome.FAILED: (Outcome.DEPENDENCY_FAILED, "failed", 2),
-    Outcome.TIMED_OUT: (Outcome.DEPENDENCY_FAILED, "timed out", 2),
-    Outcome.DEPENDENCY_FAILED: (Outcome.DEPENDENCY_FAILED, "did not run (dependency failed)", 2),
-}
 
 
 class Engine:
@@ -130,6 +123,10 @@ class Engine:
         environ: Mapping[str, str] | None = None,
         kill_grace: float = KILL_GRACE,
         handle_signals: bool = True,
+        provided: Mapping[str, Any] | None = None,
+        worker: str | None = None,
+        slot: int | None = None,
+        announce: bool = True,
     ) -> None:
         if console is None:
             from .console import Console
@@ -145,6 +142,11 @@ class Engine:
         self.environ = environ
         self.kill_grace = kill_grace
         self.handle_signals = handle_signals
+        self.provided = dict(provided or {})  # results of dependencies run elsewhere
+        self.worker = worker
+        self.slot = slot
+        self.announce = announce
+        self._external_cancel: str | None = None
 
         with gc_paused():
             self._prepare(pipeline)
@@ -155,7 +157,7 @@ class Engine:
         self._names = names
         self._mods = [pipeline.modules[n] for n in names]
         self._bindings = [pipeline.bindings[n] for n in names]
-        self._records = [ModuleRecord(n) for n in names]
+        self._records = [ModuleRecord(n, worker=self.worker, slot=self.slot) for n in names]
         count = len(names)
         self._index = index
         self._succ: list[list[int]] = [[] for _ in range(count)]
@@ -202,8 +204,8 @@ class Engine:
     def run(self) -> RunResult:
         """Run the selection to the end; returns the records. Never raises for module failures."""
         started = time.time()
-        self.console.run_started(self.run_id, len(self._names), self.jobs)
-        previous = self._install_signals()
+        if self.announce:
+            self.console.run_started(self.run_id, len(self._names), self.jobs)
         # The pipeline's objects live for the whole run: keep the cyclic GC from rescanning them.
         gc.freeze()
         try:
@@ -218,10 +220,10 @@ class Engine:
                             self._finish(resolved[0], resolved[1], reason=resolved[2])
                 for _ in range(self.jobs):
                     self._spawn_worker()
-            self._keep_time()
+            with catching_signals(lambda signum: self.interrupt(), self.handle_signals):
+                self._keep_time()
         finally:
             gc.unfreeze()
-            self._restore_signals(previous)
             with self._lock:
                 self._finished = True
                 self._work.notify_all()
@@ -234,6 +236,11 @@ class Engine:
     def interrupt(self) -> None:
         """Behave as if Ctrl-C was pressed (safe from any thread or a signal handler)."""
         self._interrupts += 1
+
+    def cancel(self, reason: str) -> None:
+        """Fail-fast from outside (another worker failed): like a failure, not an interrupt."""
+        self._external_cancel = reason
+        self._wake.set()
 
     # ------------------------------------------------------------ scheduling
 
@@ -507,8 +514,8 @@ class Engine:
 
     def _dep_value(self, dep_name: str) -> Any:
         j = self._index.get(dep_name)
-        if j is None:
-            return None  # an optional dependency that was not selected
+        if j is None:  # run elsewhere, or an optional dependency that was not selected
+            return self.provided.get(dep_name)
         return self._values[j] if self._records[j].outcome in _HAS_VALUE else None
 
     def _complete(
@@ -570,6 +577,9 @@ class Engine:
                     handled = self._interrupts
                     self._on_interrupt(handled)
                     continue
+                if self._external_cancel is not None and self._cancelled is None:
+                    self._cancel_run(self._external_cancel)
+                    continue
             self.console.tick()
             self._wake.wait(wait)
             self._wake.clear()
@@ -616,23 +626,6 @@ class Engine:
         else:
             self.console.message("interrupted again: cancelling always_run modules too")
             self._cancel_run("interrupted", hard=True)
-
-    def _install_signals(self) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            return previous
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self._interrupts += 1
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-        return previous
-
-    @staticmethod
-    def _restore_signals(previous: dict[int, Any]) -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 _HAS_VALUE = frozenset({Outcome.SUCCEEDED, Outcome.CACHED})

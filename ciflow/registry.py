@@ -1,0 +1,159 @@
+"""Worker registrations and liveness, kept in the store.
+
+A worker registers once (``workers/<worker>``) and then heartbeats by creating
+``alive/<worker>/<seq>`` with a rising sequence number, deleting older beats where the store
+allows it. Observers never compare clocks across machines: a worker is dead when *they* have
+not seen its sequence number rise for ``timeout`` seconds of their own monotonic clock.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable
+
+from .capabilities import Capabilities
+from .layout import RunKeys
+from .messages import Done, Heartbeat, Registration, decode, encode
+from .stores.base import Store, StoreError
+
+__all__ = ["HeartbeatThread", "Liveness", "new_worker_id", "read_registrations", "register"]
+
+
+def new_worker_id(slot: int) -> str:
+    """``s<slot>-<host>-<pid>``: unique per process, readable in summaries."""
+    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())[:32]
+    return f"s{slot}-{host or 'host'}-{os.getpid()}"
+
+
+def register(
+    store: Store,
+    keys: RunKeys,
+    worker: str,
+    slot: int,
+    caps: Capabilities,
+    runs_on: str | None = None,
+) -> Registration:
+    """Write this worker's registration; a second worker with the same id is an error."""
+    reg = Registration(
+        worker=worker,
+        slot=slot,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        os=caps.os,
+        arch=caps.arch,
+        tools=sorted(caps.tools),
+        tags=sorted(caps.tags),
+        max_parallel=caps.max_parallel,
+        runs_on=runs_on,
+        registered_at=time.time(),
+    )
+    if not store.create(keys.worker(worker), encode(reg)):
+        raise StoreError(
+            f"a worker named {worker!r} is already registered in run {keys.run_id}; "
+            "give each worker its own --slot or start a new run"
+        )
+    return reg
+
+
+def read_registrations(store: Store, keys: RunKeys) -> list[Registration]:
+    """Every registration of the run, by slot then id."""
+    found = []
+    for key in store.list(keys.workers):
+        data = store.get(key)
+        if data is not None:
+            found.append(decode(Registration, data, key=key))
+    return sorted(found, key=lambda r: (r.slot, r.worker))
+
+
+def finished_workers(store: Store, keys: RunKeys) -> dict[str, Done]:
+    """Workers that deregistered, with their exit codes."""
+    done = {}
+    for key in store.list(keys.done):
+        data = store.get(key)
+        if data is not None:
+            record = decode(Done, data, key=key)
+            done[record.worker] = record
+    return done
+
+
+class HeartbeatThread(threading.Thread):
+    """Beats every ``interval`` seconds until `stop`; keeps only the newest beat where it can."""
+
+    def __init__(self, store: Store, keys: RunKeys, worker: str, interval: float) -> None:
+        super().__init__(name=f"ciflow-heartbeat-{worker}", daemon=True)
+        self.store = store
+        self.keys = keys
+        self.worker = worker
+        self.interval = interval
+        self.running: list[str] = []
+        self._halt = threading.Event()
+        self.seq = 0
+        self.error: str | None = None
+
+    def beat(self) -> None:
+        """One heartbeat now (also called once before the thread starts)."""
+        self.seq += 1
+        record = Heartbeat(worker=self.worker, seq=self.seq, at=time.time(), running=self.running)
+        self.store.create(self.keys.alive(self.worker, self.seq), encode(record))
+        if self.seq > 1:
+            try:
+                self.store.delete(self.keys.alive(self.worker, self.seq - 1))
+            except StoreError:
+                pass  # stores that cannot delete keep the old beats; observers take the newest
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            try:
+                self.beat()
+                self.error = None
+            except StoreError as exc:  # a flaky store must not kill the worker; try again
+                self.error = str(exc)
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
+class Liveness:
+    """Tells, from this observer's clock, which workers stopped heartbeating."""
+
+    def __init__(self, store: Store, keys: RunKeys, timeout: float) -> None:
+        self.store = store
+        self.keys = keys
+        self.timeout = timeout
+        self._seen: dict[str, tuple[int, float]] = {}  # worker -> (seq, when it rose)
+
+    def refresh(self) -> None:
+        """Read the newest beat of every worker (one list call)."""
+        now = time.monotonic()
+        newest: dict[str, int] = {}
+        for key in self.store.list(self.keys.alive_prefix):
+            worker, _, number = key[len(self.keys.alive_prefix) :].partition("/")
+            if number.isdigit():
+                newest[worker] = max(newest.get(worker, 0), int(number))
+        for worker, seq in newest.items():
+            old = self._seen.get(worker)
+            if old is None or seq > old[0]:
+                self._seen[worker] = (seq, now)
+
+    def dead(self, workers: Iterable[str], finished: Iterable[str] = ()) -> set[str]:
+        """Of ``workers``, those silent for longer than the timeout (finished ones are dead)."""
+        now = time.monotonic()
+        gone = set(finished)
+        result = set()
+        for worker in workers:
+            seen = self._seen.get(worker)
+            if worker in gone:
+                result.add(worker)
+            elif seen is None:
+                self._seen[worker] = (0, now)  # start the clock at first sight
+            elif now - seen[1] > self.timeout:
+                result.add(worker)
+        return result
+
+    def last_seen(self, worker: str) -> float | None:
+        """Seconds since this observer saw ``worker``'s heartbeat rise, or None."""
+        seen = self._seen.get(worker)
+        return None if seen is None else time.monotonic() - seen[1]

@@ -1,0 +1,153 @@
+"""The result store: module results and shipped outputs of a run, read and written.
+
+A module's result lives at ``results/<module>`` and is created once: the first result written
+wins, a late one from an older attempt is discarded. Declared outputs are uploaded first (as a
+zstd tar under ``outputs/<module>/<attempt>``), so a readable result implies readable outputs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .blob import ResultHeader, decode_result, encode_result
+from .engine import RunResult
+from .layout import RunKeys
+from .outcome import ModuleRecord, Outcome
+from .stores.base import Store, StoreError
+
+__all__ = ["ResultCache", "publish_result", "read_run"]
+
+
+def publish_result(
+    store: Store,
+    keys: RunKeys,
+    record: ModuleRecord,
+    *,
+    attempt: int,
+    worker: str,
+    slot: int | None,
+    workdir: Path,
+    outputs: Iterable[str] = (),
+    failpoint: Callable[[], None] | None = None,
+) -> bool:
+    """Upload outputs (if the module succeeded and declared any), then the result.
+
+    Returns False when another attempt's result was already there (this one is discarded).
+    """
+    outcome = record.outcome or Outcome.CANCELLED
+    shipped: list[dict[str, object]] = []
+    patterns = list(outputs)
+    if patterns and outcome in (Outcome.SUCCEEDED, Outcome.IGNORED_FAILURE):
+        from .archive import pack_outputs
+
+        with tempfile.TemporaryDirectory(prefix="ciflow-out-") as tmp:
+            archive = Path(tmp) / "outputs.tar.zst"
+            info = pack_outputs(workdir, patterns, archive)
+            key = keys.outputs(record.name, attempt)
+            store.create_from_file(key, archive)
+            shipped.append({"key": key, "sha256": info.sha256, "size": info.size})
+    if failpoint is not None:
+        failpoint()
+    payload = record.result if record.result is not None else b""  # empty: no result
+    header = ResultHeader(
+        module=record.name,
+        attempt=attempt,
+        worker=worker,
+        slot=slot,
+        outcome=outcome.value,
+        started=record.start if record.start is not None else 0.0,
+        finished=record.end if record.end is not None else time.time(),
+        duration=record.duration,
+        error=record.error,
+        skip_reason=record.skip_reason,
+        payload_sha256="",
+        payload_size=0,
+        outputs=shipped,  # type: ignore[arg-type]
+    )
+    return store.create(keys.result(record.name), encode_result(header, payload))
+
+
+class ResultCache:
+    """Result headers and payloads read so far (results never change once written)."""
+
+    def __init__(self, store: Store, keys: RunKeys) -> None:
+        self.store = store
+        self.keys = keys
+        self.headers: dict[str, ResultHeader] = {}
+        self.payloads: dict[str, bytes] = {}
+
+    def refresh(self) -> list[str]:
+        """Read results that appeared since the last call; return their module names."""
+        new = []
+        prefix = self.keys.results
+        for key in self.store.list(prefix):
+            module = key[len(prefix) :]
+            if module in self.headers or "/" in module:
+                continue
+            data = self.store.get(key)
+            if data is None:
+                continue
+            header, payload = decode_result(data, key=key)
+            self.headers[module] = header
+            self.payloads[module] = payload
+            new.append(module)
+        return new
+
+    def outcome(self, module: str) -> Outcome | None:
+        header = self.headers.get(module)
+        return None if header is None else Outcome(header.outcome)
+
+    def restore_outputs(self, module: str, workdir: Path) -> int:
+        """Download and unpack ``module``'s shipped outputs into ``workdir``; files restored."""
+        from .archive import unpack_outputs
+
+        header = self.headers[module]
+        count = 0
+        for item in header.outputs:
+            with tempfile.TemporaryDirectory(prefix="ciflow-in-") as tmp:
+                archive = Path(tmp) / "outputs.tar.zst"
+                if not self.store.get_to_file(item.key, archive):
+                    raise StoreError(
+                        f"outputs {item.key} of module {module!r} are missing from the store; "
+                        "rerun the module"
+                    )
+                count += len(unpack_outputs(archive, workdir, expected_sha256=item.sha256))
+        return count
+
+
+def read_run(store: Store, keys: RunKeys, order: Iterable[str]) -> RunResult:
+    """The run as the store has it: one record per module of ``order`` (missing = no result)."""
+    cache = ResultCache(store, keys)
+    cache.refresh()
+    records = []
+    for name in order:
+        header = cache.headers.get(name)
+        if header is None:
+            records.append(ModuleRecord(name))
+            continue
+        records.append(
+            ModuleRecord(
+                name=name,
+                outcome=Outcome(header.outcome),
+                attempts=header.attempt,
+                start=header.started or None,
+                end=header.finished,
+                duration=header.duration,
+                error=header.error,
+                skip_reason=header.skip_reason,
+                result=cache.payloads[name] or None,
+                worker=header.worker,
+                slot=header.slot,
+            )
+        )
+    started = [r.start for r in records if r.start is not None]
+    ended = [r.end for r in records if r.end is not None]
+    return RunResult(
+        keys.run_id,
+        records,
+        min(started) if started else time.time(),
+        max(ended) if ended else time.time(),
+    )

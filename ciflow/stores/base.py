@@ -1,0 +1,152 @@
+"""The store protocol: create-if-absent, get, list by prefix, delete, streaming, wait.
+
+``create(key, data)`` is the single atomic primitive: it writes only if the key is absent and
+returns False otherwise. Registrations, claims, first-result-wins and leases are all built on it,
+so every backend must make it atomic across processes and machines.
+
+Keys are ``/``-separated paths of safe characters (letters, digits, ``._-=@+``), e.g.
+``runs/<run-id>/claims/<module>/1``. Backends with naming rules encode them reversibly. A key
+is never also the folder of other keys (``a/b`` and ``a/b/c`` cannot both exist): the file store
+maps keys to paths, and raises `StoreError` on such a clash.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import shutil
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CiflowError, UsageError
+
+__all__ = ["Store", "StoreError", "StoreStats", "StoreUnavailable", "check_key", "open_store"]
+
+_KEY = re.compile(r"[A-Za-z0-9._=@+-]+(/[A-Za-z0-9._=@+-]+)*")
+
+
+class StoreError(CiflowError):
+    """The store failed or holds something unreadable; the message names the key and cause."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or written (permissions, missing folder, network)."""
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid store key, else raise `UsageError`."""
+    if not _KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
+        raise UsageError(f"invalid store key {key!r}: use '/'-separated names of [A-Za-z0-9._=@+-]")
+    return key
+
+
+@dataclass
+class StoreStats:
+    """Operation counts of one store client (reported in summaries and benchmarks)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, op: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[op] = self.counts.get(op, 0) + n
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Store(ABC):
+    """One small protocol; a backend implements the abstract methods (and may override more)."""
+
+    #: the URL this store was opened with
+    url: str
+    #: how long `wait` sleeps at most between polls, for backends that cannot push
+    max_poll_interval: float = 0.25
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stats = StoreStats()
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` under ``key`` only if the key is absent (atomic). True if written."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The data under ``key``, or None if absent."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """All keys starting with ``prefix`` (a key prefix, not necessarily a folder), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present (absent is fine)."""
+
+    def create_from_file(self, key: str, path: Path) -> bool:
+        """Like `create`, from a file; backends override this to stream large blobs."""
+        return self.create(key, path.read_bytes())
+
+    def get_to_file(self, key: str, path: Path) -> bool:
+        """Like `get`, into a file; False if absent. Backends override this to stream."""
+        data = self.get(key)
+        if data is None:
+            return False
+        tmp = path.with_name(f".{path.name}.part")
+        tmp.write_bytes(data)
+        shutil.move(str(tmp), path)
+        return True
+
+    def wait(
+        self, prefix: str, known: Collection[str] = (), timeout: float = 1.0
+    ) -> builtins.list[str]:
+        """Block until ``list(prefix)`` has a key not in ``known`` or ``timeout`` passes.
+
+        Returns the current key list either way. The default polls with capped exponential
+        backoff; backends that can push (Redis, HTTP long-poll) override it to wake at once.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            keys = self.list(prefix)
+            if any(k not in known for k in keys):
+                return keys
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return keys
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, self.max_poll_interval)
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
+        """Release connections; the store is not used afterwards."""
+        return None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(url: str) -> Store:
+    """Open the store for ``url``; the scheme picks the backend.
+
+    ``file://PATH`` (or a plain path) is the local or shared-folder store.
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        scheme, url = "file", f"file://{Path(url).expanduser().resolve()}"
+    if scheme == "file":
+        from .file import FileStore
+
+        store: Store = FileStore(url)
+        return store
+    raise UsageError(
+        f"unknown store URL {url!r}: ciflow supports file://PATH (GitHub, Redis and HTTP stores "
+        "are not implemented yet)"
+    )

@@ -1,0 +1,506 @@
+"""``ciflow worker``: one process of a distributed run, sharing nothing but the store.
+
+The worker registers and heartbeats, waits for the plan, then loops: read what the store says
+(results, claims, the cancel record, liveness), and act — run its slot's ready modules in plan
+order, steal ready modules of other slots when it has room, take over claims of dead workers,
+and record the outcome of modules that cannot run (a failed dependency, fail-fast). Every module
+is run (or resolved) only after its claim was created, so exactly one claim per attempt wins.
+Running a module reuses the local `Engine` on a one-module selection, so outcomes, timeouts,
+retries and cancellation mean exactly what they mean in ``ciflow run``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._signals import catching_signals
+from .capabilities import Capabilities
+from .console import Console
+from .engine import Engine
+from .errors import CiflowError, RequirementError
+from .layout import RunKeys
+from .messages import CancelRecord, Claim, Done, Lease, decode, encode
+from .outcome import ModuleRecord, Outcome, dependency_verdict
+from .pipeline import Pipeline, Selection
+from .planner import DistributedExecutionPlan
+from .registry import HeartbeatThread, Liveness, finished_workers, new_worker_id, register
+from .results import ResultCache, publish_result
+from .stores.base import Store, StoreError
+
+__all__ = ["Worker", "WorkerOptions", "read_plan"]
+
+
+@dataclass
+class WorkerOptions:
+    """How a worker behaves; the CLI fills it from flags."""
+
+    slot: int
+    jobs: int = 1
+    steal: bool = True
+    keep_going: bool = False
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 10.0
+    plan_timeout: float = 600.0
+    poll: float = 0.01
+    tags: tuple[str, ...] = ()
+    runs_on: str | None = None
+    workdir: Path = field(default_factory=Path.cwd)
+
+
+def read_plan(store: Store, keys: RunKeys, timeout: float) -> DistributedExecutionPlan:
+    """Wait up to ``timeout`` for the run's plan in the store and parse it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = store.get(keys.plan)
+        if data is not None:
+            return _parse_plan(data, keys.plan)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StoreError(
+                f"no plan for run {keys.run_id} appeared in the store within {timeout:g}s; "
+                "run `ciflow plan --store ... --run-id ...` (or --wait-for-workers) for it"
+            )
+        store.wait(keys.plan, (), min(remaining, 1.0))
+
+
+def _parse_plan(data: bytes, key: str) -> DistributedExecutionPlan:
+    from pydantic import ValidationError
+
+    try:
+        return DistributedExecutionPlan.model_validate_json(data)
+    except ValidationError as exc:
+        raise StoreError(
+            f"plan {key} is not a valid ciflow plan: {exc.errors()[0]['msg']}"
+        ) from None
+
+
+def _failpoint(point: str, module: str) -> None:
+    """Fault injection for tests: ``CIFLOW_FAILPOINT=<point>:<module>`` SIGKILLs this worker.
+
+    Points: ``after-claim`` (claimed, nothing run), ``before-result`` (ran, result not yet
+    written), ``after-outputs`` (outputs uploaded, result not yet written).
+    """
+    if os.environ.get("CIFLOW_FAILPOINT") == f"{point}:{module}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _resource(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:40]
+    return f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class _Running:
+    module: str
+    attempt: int
+    leases: list[str]
+    engine: Engine | None = None
+    future: Future[None] | None = None
+
+
+class Worker:
+    """One worker of a distributed run. Create it, then call `run()`; it returns the exit code."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: Store,
+        run_id: str,
+        options: WorkerOptions,
+        console: Console | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.keys = RunKeys(run_id)
+        self.options = options
+        self.console = console or Console()
+        self.worker_id = new_worker_id(options.slot)
+        tools = {t for m in pipeline.modules.values() for t in m.requires.tools}
+        self.caps = Capabilities.detect(tools, options.tags, options.jobs)
+        self.results = ResultCache(store, self.keys)
+        self.liveness = Liveness(store, self.keys, options.heartbeat_timeout)
+        self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._claims: dict[str, tuple[int, Claim]] = {}  # module -> newest claim
+        self._cancel: CancelRecord | None = None
+        self._ran_bad: list[str] = []
+        self._draining = False
+        self._hard_stop = False
+        self._pool = ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="ciflow-run")
+        self._restored: set[str] = set()
+        self._started = time.monotonic()
+        self._errors: list[BaseException] = []
+        self._slot_map: dict[int, str] = {}
+        self._dead: set[str] = set()
+
+    # ------------------------------------------------------------------ public
+
+    def run(self) -> int:
+        """Register, run until every module of the plan has a result, deregister."""
+        reg = register(
+            self.store, self.keys, self.worker_id, self.options.slot, self.caps,
+            self.options.runs_on,
+        )  # fmt: skip
+        self._say(f"registered as {reg.worker} (slot {reg.slot}, {reg.os}/{reg.arch})")
+        beats = HeartbeatThread(
+            self.store, self.keys, self.worker_id, self.options.heartbeat_interval
+        )
+        beats.beat()
+        beats.start()
+        signals = [0]
+
+        def on_signal(signum: int) -> None:
+            signals[0] += 1
+            self.stop(hard=signals[0] > 1 or signum == signal.SIGINT)
+
+        code = 2
+        try:
+            with catching_signals(on_signal):
+                plan = read_plan(self.store, self.keys, self.options.plan_timeout)
+                self._check_capabilities(plan)
+                code = self._loop(plan, beats)
+        except CiflowError as exc:
+            self._say(f"error: {exc}")
+            code = exc.exit_code
+            raise
+        finally:
+            self._pool.shutdown(wait=not self._hard_stop, cancel_futures=True)
+            beats.stop()
+            try:
+                done = Done(
+                    worker=self.worker_id,
+                    exit_code=code,
+                    at=time.time(),
+                    store_ops=dict(self.store.stats.counts),
+                )
+                self.store.create(self.keys.done_of(self.worker_id), encode(done))
+            except StoreError:
+                pass
+        return code
+
+    def stop(self, hard: bool = False) -> None:
+        """Drain: start nothing new; with ``hard``, also cancel running modules and hand back."""
+        self._draining = True
+        if hard:
+            self._hard_stop = True
+            with self._lock:
+                running = list(self._running.values())
+            for item in running:
+                if item.engine is not None:
+                    item.engine.interrupt()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _check_capabilities(self, plan: DistributedExecutionPlan) -> None:
+        mine = next((s for s in plan.slots if s.slot == self.options.slot), None)
+        if mine is None:
+            raise RequirementError(
+                f"the plan has no slot {self.options.slot} (slots 0..{len(plan.slots) - 1}); "
+                "start workers with --slot within the plan's range"
+            )
+        problems = []
+        for item in mine.modules:
+            module = self.pipeline.modules.get(item.name)
+            if module is None:
+                raise CiflowError(
+                    f"the plan names module {item.name!r}, which the pipeline file does not "
+                    "define: plan and workers must use the same pipeline"
+                )
+            missing = module.requires.missing(self.caps)
+            if missing:
+                problems.append(f"{item.name!r} needs {', '.join(missing)}")
+        if problems:
+            raise RequirementError(
+                f"slot {self.options.slot} cannot serve the modules planned for it: "
+                f"{'; '.join(problems)}; fix the runner or its pool in the plan"
+            )
+
+    def _loop(self, plan: DistributedExecutionPlan, beats: HeartbeatThread) -> int:
+        names = list(plan.inputs.modules)
+        owner = {m.name: s.slot for s in plan.slots for m in s.modules}
+        position = {name: i for i, name in enumerate(names)}
+        mine = [m.name for s in plan.slots if s.slot == self.options.slot for m in s.modules]
+        start = {m.name: m.start for s in plan.slots for m in s.modules}
+        mine_set = set(mine)
+        others = sorted((n for n in names if n not in mine_set), key=start.__getitem__)
+        order = mine + others
+        last_liveness = 0.0
+        while True:
+            self._reraise()
+            self.results.refresh()
+            if all(n in self.results.headers for n in names):
+                break
+            now = time.monotonic()
+            if now - last_liveness >= min(0.5, self.options.heartbeat_interval / 2):
+                self._refresh_workers()
+                last_liveness = now
+            self._read_claims(names)
+            self._read_cancel()
+            with self._lock:
+                beats.running = sorted(self._running)
+            if not self._draining:
+                self._act(order, owner, position)
+            elif not self._running:
+                break  # drained: hand back what is left and leave
+            self.store.wait(self.keys.results, set(self.results.headers), self.options.poll)
+        self._pool.shutdown(wait=True)
+        self._reraise()
+        return 1 if self._ran_bad else (130 if self._draining and self._hard_stop else 0)
+
+    def _read_claims(self, names: list[str]) -> None:
+        prefix = self.keys.claims
+        newest: dict[str, int] = {}
+        for key in self.store.list(prefix):
+            module, _, number = key[len(prefix) :].partition("/")
+            if number.isdigit():
+                newest[module] = max(newest.get(module, 0), int(number))
+        for module, attempt in newest.items():
+            known = self._claims.get(module)
+            if module in self.results.headers or (known is not None and known[0] == attempt):
+                continue
+            data = self.store.get(self.keys.claim(module, attempt))
+            if data is not None:
+                claim = decode(Claim, data, key=self.keys.claim(module, attempt))
+                self._claims[module] = (attempt, claim)
+
+    def _read_cancel(self) -> None:
+        if self._cancel is not None:
+            return
+        data = self.store.get(self.keys.cancel)
+        if data is None:
+            return
+        self._cancel = decode(CancelRecord, data, key=self.keys.cancel)
+        self._say(f"run cancelled: {self._cancel.reason}")
+        with self._lock:
+            running = list(self._running.values())
+        for item in running:
+            if item.engine is not None:
+                item.engine.cancel(self._cancel.reason)
+
+    def _refresh_workers(self) -> None:
+        """Registrations, deregistrations and heartbeats: who serves which slot, who is dead."""
+        from .registry import read_registrations
+
+        self.liveness.refresh()
+        regs = read_registrations(self.store, self.keys)
+        self._slot_map = {}
+        for reg in regs:
+            self._slot_map.setdefault(reg.slot, reg.worker)
+        finished = finished_workers(self.store, self.keys)
+        self._dead = self.liveness.dead([r.worker for r in regs], finished)
+
+    def _act(self, order: list[str], owner: dict[str, int], position: dict[str, int]) -> None:
+        slot_workers = self._slot_map
+        dead = self._dead
+        for name in order:
+            if name in self.results.headers or name in self._running:
+                continue
+            mod = self.pipeline.modules[name]
+            required = [d.name for d in mod.depends_on if not d.optional]
+            optional = [d.name for d in mod.depends_on if d.optional and d.name in position]
+            if any(d not in self.results.headers for d in required + optional):
+                continue  # not ready yet
+            claim = self._claims.get(name)
+            attempt = 1
+            takeover_from = None
+            if claim is not None:
+                if claim[1].worker not in dead:
+                    continue  # someone is on it
+                attempt, takeover_from = claim[0] + 1, claim[1].worker
+            verdict = dependency_verdict({d: self.results.outcome(d) for d in required})  # type: ignore[misc]
+            stopped = self._cancel is not None and not self.options.keep_going
+            if (verdict is not None or stopped) and not mod.always_run:
+                outcome, reason = verdict or (Outcome.CANCELLED, self._cancel.reason)  # type: ignore[union-attr]
+                self._resolve(name, attempt, outcome, reason, takeover_from)
+                continue
+            if len(self._running) >= self.options.jobs:
+                continue
+            if any(self.pipeline.modules[r].alone for r in self._running) or (
+                mod.alone and self._running
+            ):
+                continue  # not_in_parallel=True: nothing else on this worker meanwhile
+            mine = owner.get(name) == self.options.slot
+            if not mine and takeover_from is None:
+                owner_worker = slot_workers.get(owner.get(name, -1))
+                owner_gone = owner_worker is None and self._waited_long_enough()
+                if not (self.options.steal or owner_gone or owner_worker in dead):
+                    continue
+            if mod.requires.missing(self.caps):
+                continue
+            leases = self._take_leases(name, attempt, mod, dead)
+            if leases is None:
+                continue
+            if not self._claim(name, attempt, takeover_from):
+                self._drop_leases(leases)
+                continue
+            if takeover_from:
+                self._say(f"taking over {name} from {takeover_from} (attempt {attempt})")
+            _failpoint("after-claim", name)
+            self._start(name, attempt, leases)
+
+    def _waited_long_enough(self) -> bool:
+        return time.monotonic() - self._started > self.options.heartbeat_timeout
+
+    def _claim(self, name: str, attempt: int, takeover_from: str | None) -> bool:
+        claim = Claim(
+            module=name, attempt=attempt, worker=self.worker_id, slot=self.options.slot,
+            at=time.time(), takeover_from=takeover_from,
+        )  # fmt: skip
+        won = self.store.create(self.keys.claim(name, attempt), encode(claim))
+        if won:
+            self._claims[name] = (attempt, claim)
+        return won
+
+    def _resolve(
+        self, name: str, attempt: int, outcome: Outcome, reason: str, takeover_from: str | None
+    ) -> None:
+        """Record the outcome of a module that will not run (after winning its claim)."""
+        if not self._claim(name, attempt, takeover_from):
+            return
+        record = ModuleRecord(name, outcome=outcome, worker=self.worker_id, slot=self.options.slot)
+        if outcome is Outcome.SKIPPED:
+            record.skip_reason = reason
+        else:
+            record.error = reason
+        self.console.module_finished(record)
+        publish_result(
+            self.store, self.keys, record, attempt=attempt, worker=self.worker_id,
+            slot=self.options.slot, workdir=self.options.workdir,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ leases
+
+    def _take_leases(self, name: str, attempt: int, mod: Any, dead: set[str]) -> list[str] | None:
+        wanted: list[tuple[str, int]] = [(k, 1) for k in sorted(mod.not_in_parallel)]
+        if mod.alone:
+            wanted.append(("@alone", 1))
+        if mod.parallel_limit is not None:
+            wanted.append((f"limit:{mod.parallel_limit.name}", mod.parallel_limit.count))
+        taken: list[str] = []
+        for resource, places in wanted:
+            key = self._lease(name, attempt, _resource(resource), places, dead)
+            if key is None:
+                self._drop_leases(taken)
+                return None
+            taken.append(key)
+        return taken
+
+    def _lease(
+        self, name: str, attempt: int, resource: str, places: int, dead: set[str]
+    ) -> str | None:
+        record = encode(
+            Lease(resource=resource, module=name, attempt=attempt, worker=self.worker_id,
+                  at=time.time())
+        )  # fmt: skip
+        for place in range(places):
+            key = self.keys.lease(resource, place)
+            if self.store.create(key, record):
+                return key
+            data = self.store.get(key)
+            if data is None:
+                continue
+            holder = decode(Lease, data, key=key)
+            if holder.worker in dead:  # its worker died holding it: free it and try again
+                self.store.delete(key)
+                if self.store.create(key, record):
+                    return key
+        return None
+
+    def _drop_leases(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except StoreError as exc:
+                self._say(f"warning: cannot release lease {key}: {exc}")
+
+    # ------------------------------------------------------------------ running
+
+    def _start(self, name: str, attempt: int, leases: list[str]) -> None:
+        item = _Running(name, attempt, leases)
+        with self._lock:
+            self._running[name] = item
+        item.future = self._pool.submit(self._execute, item)
+
+    def _execute(self, item: _Running) -> None:
+        name = item.module
+        try:
+            mod = self.pipeline.modules[name]
+            provided: dict[str, Any] = {}
+            for dep in mod.depends_on:
+                if dep.name not in self.results.headers:
+                    continue
+                if self.results.outcome(dep.name) in (Outcome.SUCCEEDED, Outcome.CACHED):
+                    binding = self.pipeline.bindings[dep.name].result
+                    provided[dep.name] = binding.decode(self.results.payloads[dep.name], dep.name)
+                if dep.name not in self._restored and self.results.headers[dep.name].outputs:
+                    count = self.results.restore_outputs(dep.name, self.options.workdir)
+                    self._restored.add(dep.name)
+                    self._say(f"restored {count} output file(s) of {dep.name}")
+            engine = Engine(
+                self.pipeline,
+                Selection((name,), frozenset()),
+                console=self.console,
+                jobs=1,
+                keep_going=True,
+                workdir=self.options.workdir,
+                run_id=self.keys.run_id,
+                handle_signals=False,
+                provided=provided,
+                worker=self.worker_id,
+                slot=self.options.slot,
+                announce=False,
+            )
+            item.engine = engine
+            if self._cancel is not None and not self.options.keep_going:
+                engine.cancel(self._cancel.reason)
+            if self._hard_stop:
+                engine.interrupt()
+            result = engine.run()
+            record = result.records[0]
+            if result.interrupted and self._hard_stop:
+                self._say(f"handing back {name} (stopped)")
+                return  # no result: another worker takes it over when this one is gone
+            _failpoint("before-result", name)
+            written = publish_result(
+                self.store, self.keys, record, attempt=item.attempt, worker=self.worker_id,
+                slot=self.options.slot, workdir=self.options.workdir, outputs=mod.outputs,
+                failpoint=lambda: _failpoint("after-outputs", name),
+            )  # fmt: skip
+            if not written:
+                self._say(f"{name}: a result of another attempt was first; this one is dropped")
+                return
+            outcome = record.outcome or Outcome.CANCELLED
+            if outcome.bad and outcome is not Outcome.CANCELLED:
+                self._ran_bad.append(name)
+                if not self.options.keep_going:
+                    verb = "timed out" if outcome is Outcome.TIMED_OUT else "failed"
+                    cancel = CancelRecord(
+                        reason=f"cancelled after {name} {verb} on slot {self.options.slot}",
+                        worker=self.worker_id,
+                        at=time.time(),
+                    )
+                    self.store.create(self.keys.cancel, encode(cancel))
+        except BaseException as exc:  # surfaced by the loop thread
+            self._errors.append(exc)
+        finally:
+            self._drop_leases(item.leases)
+            with self._lock:
+                self._running.pop(name, None)
+
+    def _reraise(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+
+    # ------------------------------------------------------------------ misc
+
+    def _say(self, text: str) -> None:
+        self.console.message(f"[worker {self.options.slot}] {text}")

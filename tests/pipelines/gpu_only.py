@@ -1,0 +1,5 @@
+import ciflow
+
+
+@ciflow.module(requires=ciflow.Requires(tags=["gpu"]))
+def train(ctx: ciflow.Context) -> None: ...

@@ -1,0 +1,415 @@
+"""Distributed runs with real worker processes over a file store."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from ciflow.cli import app
+from ciflow.console import Console
+from ciflow.dryrun import start_workers, supervise
+from ciflow.engine import Engine
+from ciflow.layout import RunKeys
+from ciflow.messages import Registration, decode, encode
+from ciflow.orchestrator import publish_plan
+from ciflow.outcome import Outcome
+from ciflow.pipeline import load_pipeline
+from ciflow.planner import RunnerPool, plan_pipeline
+from ciflow.results import read_run
+from ciflow.stores import open_store
+from ciflow.stores.base import StoreError
+
+runner = CliRunner()
+FAST = ["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5", "--jobs", "2"]
+
+TEMPLATE = """
+import json, os, time
+import ciflow
+
+LOG = os.environ["CIFLOW_TEST_LOG"]
+
+
+def mark(name, what):
+    with open(LOG, "a") as fh:
+        fh.write(json.dumps([name, what, time.time(), os.getpid()]) + "\\n")
+"""
+
+MODULE = """
+
+@ciflow.module(name="{name}", depends_on={deps}, not_in_parallel={keys!r}, cost={cost})
+def {name}(ctx{params}) -> int:
+    mark("{name}", "start")
+    time.sleep({sleep})
+    mark("{name}", "end")
+    if {fail}:
+        raise RuntimeError("planned failure of {name}")
+    return 1 + {total}
+"""
+
+
+def write_pipeline(path: Path, deps: list[list[int]], failing: set[int], keyed: set[int]) -> None:
+    text = TEMPLATE
+    for i, ds in enumerate(deps):
+        names = [f"m{d}" for d in ds]
+        text += MODULE.format(
+            name=f"m{i}",
+            deps=repr(names),
+            keys="db" if i in keyed else (),
+            cost=1,
+            params="".join(f", {n}: int" for n in names),
+            sleep=0.05,
+            fail=i in failing,
+            total=" + ".join(names) or "0",
+        )
+    path.write_text(text)
+
+
+def distributed_run(
+    tmp_path: Path,
+    file: Path,
+    workers: int,
+    *,
+    extra: list[str] | None = None,
+    env_of: dict[int, dict[str, str]] | None = None,
+    kills: Any = (),
+) -> tuple[Any, list[int], Path, str]:
+    """Plan, start ``workers`` real worker processes on a file store, wait, read the run."""
+    store_dir = tmp_path / "store"
+    url = f"file://{store_dir}"
+    store = open_store(url)
+    keys = RunKeys("test-run")
+    pipeline = load_pipeline(file)
+    plan = plan_pipeline(pipeline, [RunnerPool(count=workers, os=None)])
+    publish_plan(store, keys, plan)
+    out = io.StringIO()
+    procs = start_workers(
+        workers,
+        pipeline_file=file,
+        store_url=url,
+        run_id="test-run",
+        extra=[*FAST, *(extra or [])],
+        env_of=env_of,
+    )
+    codes = supervise(procs, Console(out, live=False), kills)
+    return read_run(store, keys, pipeline.order), codes, store_dir, out.getvalue()
+
+
+def local_outcomes(file: Path, tmp_path: Path) -> dict[str, tuple[Outcome | None, bytes | None]]:
+    result = Engine(
+        load_pipeline(file),
+        console=Console(io.StringIO(), live=False),
+        keep_going=True,
+        workdir=tmp_path,
+        handle_signals=False,
+    ).run()
+    return {r.name: (r.outcome, r.result) for r in result.records}
+
+
+def read_log(path: Path) -> dict[str, dict[str, float]]:
+    spans: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        name, what, at, _pid = json.loads(line)
+        spans.setdefault(name, {})[what] = at
+    return spans
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> tuple[list[list[int]], set[int], set[int], int]:
+    n = draw(st.integers(2, 9))
+    deps = [sorted(draw(st.sets(st.integers(0, i - 1), max_size=2))) if i else [] for i in range(n)]
+    failing = draw(st.sets(st.integers(0, n - 1), max_size=1))
+    keyed = draw(st.sets(st.integers(0, n - 1), max_size=4))
+    return deps, failing, keyed, draw(st.integers(2, 5))
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=dags())
+def test_distributed_invariants_on_random_pipelines(
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[list[list[int]], set[int], set[int], int]
+) -> None:
+    deps, failing, keyed, workers = case
+    tmp_path = tmp_path_factory.mktemp("run")
+    log = tmp_path / "log.jsonl"
+    os.environ["CIFLOW_TEST_LOG"] = str(log)
+    file = tmp_path / "ciflow.py"
+    write_pipeline(file, deps, failing, keyed)
+    try:
+        result, codes, store_dir, out = distributed_run(
+            tmp_path, file, workers, extra=["--keep-going"]
+        )
+        spans = read_log(log)
+        log.unlink()
+        expected = local_outcomes(file, tmp_path)
+    finally:
+        del os.environ["CIFLOW_TEST_LOG"]
+    got = {r.name: (r.outcome, r.result) for r in result.records}
+    assert got == expected, out  # same outcomes and results as `ciflow run`
+    assert all(r.outcome is not None for r in result.records)  # exactly one outcome each
+    assert sorted(codes) == sorted(codes) and set(codes) <= {0, 1}
+    for i, ds in enumerate(deps):
+        if f"m{i}" not in spans:
+            continue
+        for d in ds:  # a dependent starts only after its dependency's result is readable
+            written = (store_dir / "runs" / "test-run" / "results" / f"m{d}").stat().st_mtime
+            assert spans[f"m{i}"]["start"] >= written - 0.01
+    ran = [f"m{i}" for i in keyed if f"m{i}" in spans]
+    for a in ran:
+        for b in ran:
+            if a < b:  # not_in_parallel holds across worker processes
+                x, y = spans[a], spans[b]
+                assert x["end"] <= y["start"] or y["end"] <= x["start"], (a, b)
+    assert (1 in codes) == bool(failing)
+
+
+def _chain_file(tmp_path: Path, n: int = 4, sleep: float = 0.3) -> Path:
+    file = tmp_path / "ciflow.py"
+    write_pipeline(file, [[i - 1] if i else [] for i in range(n)], set(), set())
+    file.write_text(file.read_text().replace("time.sleep(0.05)", f"time.sleep({sleep})"))
+    return file
+
+
+@pytest.mark.parametrize("point", ["after-claim", "before-result", "after-outputs"])
+def test_killed_worker_is_taken_over(
+    tmp_path: Path, point: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
+    file = _chain_file(tmp_path)
+    plan = plan_pipeline(load_pipeline(file), [RunnerPool(count=2, os=None)])
+    owner = plan.slot_of("m1")
+    assert owner is not None
+    result, codes, _, out = distributed_run(
+        tmp_path, file, 2, extra=["--no-steal"], env_of={owner: {"CIFLOW_FAILPOINT": f"{point}:m1"}}
+    )
+    outcomes = {r.name: r.outcome for r in result.records}
+    assert set(outcomes.values()) == {Outcome.SUCCEEDED}, out
+    assert {r.name: r.result for r in result.records} == {
+        "m0": b"1",
+        "m1": b"2",
+        "m2": b"3",
+        "m3": b"4",
+    }
+    m1 = next(r for r in result.records if r.name == "m1")
+    assert m1.attempts == 2 and m1.slot == 1 - owner  # taken over by the survivor
+    assert "taking over m1" in out
+    assert codes[owner] == -signal.SIGKILL and codes[1 - owner] == 0
+
+
+def test_sigkill_mid_module_with_dry_run_kill_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
+    file = _chain_file(tmp_path, n=3, sleep=1.0)
+    from ciflow.dryrun import Kill
+
+    result, codes, _, out = distributed_run(
+        tmp_path, file, 2, kills=[Kill(0, 1.6), Kill(1, 1.6)][:1]
+    )
+    assert {r.outcome for r in result.records} == {Outcome.SUCCEEDED}, out
+    assert -signal.SIGKILL in codes
+
+
+def test_fail_fast_across_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
+    file = tmp_path / "ciflow.py"
+    write_pipeline(file, [[], [], [1], [2], [3]], {0}, set())
+    text = file.read_text().replace("time.sleep(0.05)", "time.sleep(0.5)")
+    file.write_text(text)
+    result, codes, store_dir, out = distributed_run(tmp_path, file, 2)
+    outcomes = {r.name: r.outcome for r in result.records}
+    assert outcomes["m0"] is Outcome.FAILED
+    assert Outcome.CANCELLED in outcomes.values(), outcomes
+    assert (store_dir / "runs" / "test-run" / "cancel").exists()
+    assert 1 in codes
+    assert all(o is not None for o in outcomes.values())
+
+
+def test_workers_first_then_plan_waits_for_them(tmp_path: Path, pipelines: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    file = pipelines / "distributed.py"
+    procs = start_workers(2, pipeline_file=file, store_url=url, run_id="late-plan", extra=FAST)
+    try:
+        result = runner.invoke(
+            app,
+            [
+                "plan",
+                "-f",
+                str(file),
+                "--store",
+                url,
+                "--run-id",
+                "late-plan",
+                "--wait-for-workers",
+                "2",
+                "--register-timeout",
+                "60",
+            ],
+        )
+        assert result.exit_code == 0, result.stderr
+        codes = supervise(procs, Console(io.StringIO(), live=False))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert codes == [0, 0]
+    summary = runner.invoke(app, ["summary", "--store", url, "--run-id", "late-plan"])
+    assert summary.exit_code == 0
+    assert "OK: 5 module(s): 5 succeeded" in summary.stdout
+    status = runner.invoke(app, ["status", "--store", url, "--run-id", "late-plan"])
+    assert "modules: 5 succeeded" in status.stdout
+    assert status.stdout.count("finished (exit 0)") == 2
+
+
+def test_dry_run_command_with_report(tmp_path: Path, pipelines: Path) -> None:
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ciflow",
+            "dry-run",
+            "--workers",
+            "2",
+            "-f",
+            str(pipelines / "distributed.py"),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK: 5 module(s): 5 succeeded" in proc.stdout
+    data = json.loads(report.read_text())
+    assert {m["name"]: m["result"] for m in data["modules"]}["report"] == 5
+    assert {m["slot"] for m in data["modules"]} <= {0, 1}
+
+
+def test_worker_that_cannot_serve_its_slot_says_so_at_once(tmp_path: Path, pipelines: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url)
+    keys = RunKeys("caps")
+    pipeline = load_pipeline(pipelines / "unmet_requirement.py")
+    plan = plan_pipeline(pipeline, [RunnerPool(count=1, tools=None)])
+    publish_plan(store, keys, plan)
+    result = runner.invoke(
+        app,
+        [
+            "worker",
+            "--slot",
+            "0",
+            "-f",
+            str(pipelines / "unmet_requirement.py"),
+            "--store",
+            url,
+            "--run-id",
+            "caps",
+            *FAST,
+        ],
+    )
+    assert result.exit_code == 2
+    assert "slot 0 cannot serve the modules planned for it: 'needs_tool' needs tool" in (
+        result.stderr
+    )
+
+
+def test_corrupted_result_is_reported(tmp_path: Path, pipelines: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ciflow",
+            "dry-run",
+            "-w",
+            "1",
+            "-f",
+            str(pipelines / "basic.py"),
+            "--store",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id = next((tmp_path / "store" / "runs").iterdir()).name
+    blob = tmp_path / "store" / "runs" / run_id / "results" / "build"
+    data = bytearray(blob.read_bytes())
+    data[-3] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    result = runner.invoke(app, ["summary", "--store", url, "--run-id", run_id])
+    assert result.exit_code != 0
+    assert result.stderr.startswith("ciflow: error: ") and "corrupted" in result.stderr
+    assert "results/build" in result.stderr
+
+
+def test_unwritable_store_is_a_clear_error(tmp_path: Path, pipelines: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = runner.invoke(
+        app,
+        [
+            "worker",
+            "--slot",
+            "0",
+            "-f",
+            str(pipelines / "basic.py"),
+            "--store",
+            f"file://{blocker}/store",
+            "--run-id",
+            "x",
+        ],
+    )
+    assert result.exit_code != 0 and result.stderr.startswith("ciflow: error: ")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_future_message_version_is_refused(tmp_path: Path) -> None:
+    reg = Registration(
+        worker="w",
+        slot=0,
+        host="h",
+        pid=1,
+        os="linux",
+        arch="x86_64",
+        tools=[],
+        tags=[],
+        max_parallel=1,
+        registered_at=0.0,
+    )
+    data = json.loads(encode(reg))
+    data["schema_version"] = 99
+    with pytest.raises(StoreError, match="schema version 99, newer than this ciflow"):
+        decode(Registration, json.dumps(data).encode(), key="runs/x/workers/w")
+
+
+def test_sigterm_drains_and_deregisters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
+    file = _chain_file(tmp_path, n=2, sleep=1.0)
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url)
+    keys = RunKeys("drain")
+    publish_plan(store, keys, plan_pipeline(load_pipeline(file), [RunnerPool(count=1)]))
+    proc = start_workers(1, pipeline_file=file, store_url=url, run_id="drain", extra=FAST)[0]
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "log.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    result = read_run(store, keys, ["m0", "m1"])
+    assert result.records[0].outcome is Outcome.SUCCEEDED, out  # finished, not killed
+    assert result.records[1].outcome is None  # not started: handed back
+    assert store.list(keys.done)  # deregistered
