@@ -131,7 +131,7 @@ def dags(draw: st.DrawFn) -> tuple[list[list[int]], set[int], set[int], int]:
     deps = [sorted(draw(st.sets(st.integers(0, i - 1), max_size=2))) if i else [] for i in range(n)]
     failing = draw(st.sets(st.integers(0, n - 1), max_size=1))
     keyed = draw(st.sets(st.integers(0, n - 1), max_size=4))
-    return deps, failing, keyed, draw(st.integers(2, 5))
+    return deps, failing, keyed, draw(st.integers(2, 8))
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
@@ -206,18 +206,20 @@ def test_killed_worker_is_taken_over(
     assert codes[owner] == -signal.SIGKILL and codes[1 - owner] == 0
 
 
-def test_sigkill_mid_module_with_dry_run_kill_option(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("when", [0.0, 1.6])  # before it claims anything; mid-module
+def test_sigkill_with_dry_run_kill_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: float
 ) -> None:
     monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
     file = _chain_file(tmp_path, n=3, sleep=1.0)
     from ciflow.dryrun import Kill
 
-    result, codes, _, out = distributed_run(
-        tmp_path, file, 2, kills=[Kill(0, 1.6), Kill(1, 1.6)][:1]
-    )
+    result, codes, _, out = distributed_run(tmp_path, file, 2, kills=[Kill(0, when)])
     assert {r.outcome for r in result.records} == {Outcome.SUCCEEDED}, out
-    assert -signal.SIGKILL in codes
+    assert [r.result for r in result.records] == [b"1", b"2", b"3"]
+    assert codes[0] == -signal.SIGKILL and codes[1] == 0
+    if when == 0.0:
+        assert {r.slot for r in result.records} == {1}
 
 
 def test_fail_fast_across_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
