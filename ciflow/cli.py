@@ -601,7 +601,7 @@ def dry_run(
     from .engine import new_run_id
     from .history import History
     from .layout import RunKeys
-    from .orchestrator import publish_plan
+    from .orchestrator import publish_plan, wait_for_registrations
     from .planner import RunnerPool, plan_pipeline
     from .stores import open_store
 
@@ -617,7 +617,6 @@ def dry_run(
         run_id = new_run_id()
         target = open_store(url)
         keys = RunKeys(run_id)
-        publish_plan(target, keys, plan)
         console.print(plan.render())
         console.print(f"ciflow: dry-run {run_id}: {workers} worker(s) on {url}")
         extra = ["--jobs", str(jobs), "--heartbeat-interval", str(min(1.0, heartbeat_timeout / 4)),
@@ -629,6 +628,10 @@ def dry_run(
             spaces = copy_workspaces(pipeline.path.parent, Path(tmp) / "workspaces", workers)
         procs = start_workers(workers, pipeline_file=pipeline.path, store_url=url,
                               run_id=run_id, extra=extra, workspaces=spaces)  # fmt: skip
+        try:  # like CI runners, workers come up one by one: start the run once all are there
+            wait_for_registrations(target, keys, workers, 1, timeout=30.0)
+        finally:
+            publish_plan(target, keys, plan)
         codes = supervise(procs, console, kills)
         code = _render_run(target, keys, console, report, pipeline.order)
         console.print(f"ciflow: worker exit codes: {codes}")

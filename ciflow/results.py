@@ -79,11 +79,14 @@ class ResultCache:
         self.headers: dict[str, ResultHeader] = {}
         self.payloads: dict[str, bytes] = {}
 
-    def refresh(self) -> list[str]:
-        """Read results that appeared since the last call; return their module names."""
+    def refresh(self, listed: list[str] | None = None) -> list[str]:
+        """Read results that appeared since the last call; return their module names.
+
+        ``listed`` is a fresh listing of the results prefix, if the caller has one.
+        """
         new = []
         prefix = self.keys.results
-        for key in self.store.list(prefix):
+        for key in self.store.list(prefix) if listed is None else listed:
             module = key[len(prefix) :]
             if module in self.headers or "/" in module:
                 continue

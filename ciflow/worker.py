@@ -50,7 +50,8 @@ class WorkerOptions:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
     plan_timeout: float = 600.0
-    poll: float = 0.01
+    slow_poll: float = 0.25  # how often liveness, claims and the cancel record are read
+    steal_delay: float = 0.1  # a module must be ready this long before another slot takes it
     tags: tuple[str, ...] = ()
     runs_on: str | None = None
     workdir: Path = field(default_factory=Path.cwd)
@@ -140,6 +141,7 @@ class Worker:
         self._started = time.monotonic()
         self._errors: list[BaseException] = []
         self._slot_map: dict[int, str] = {}
+        self._ready_since: dict[str, float] = {}
         self._dead: set[str] = set()
 
     # ------------------------------------------------------------------ public
@@ -233,30 +235,35 @@ class Worker:
         mine_set = set(mine)
         others = sorted((n for n in names if n not in mine_set), key=start.__getitem__)
         order = mine + others
-        last_liveness = 0.0
+        next_slow = 0.0
+        listed: list[str] | None = None
         while True:
             self._reraise()
-            self.results.refresh()
+            changed = self.results.refresh(listed)
             if all(n in self.results.headers for n in names):
                 break
             now = time.monotonic()
-            if now - last_liveness >= min(0.5, self.options.heartbeat_interval / 2):
+            if now >= next_slow:  # the slow cadence: liveness, claims of others, cancel record
                 self._refresh_workers()
-                last_liveness = now
-            self._read_claims(names)
-            self._read_cancel()
+                self._read_claims()
+                self._read_cancel()
+                next_slow = now + self.options.slow_poll
+            elif changed:
+                self._read_cancel()
             with self._lock:
                 beats.running = sorted(self._running)
             if not self._draining:
                 self._act(order, owner, position)
             elif not self._running:
                 break  # drained: hand back what is left and leave
-            self.store.wait(self.keys.results, set(self.results.headers), self.options.poll)
+            known = {self.keys.result(n) for n in self.results.headers}
+            wait = min(self.options.slow_poll, max(0.0, next_slow - time.monotonic()))
+            listed = self.store.wait(self.keys.results, known, wait)
         self._pool.shutdown(wait=True)
         self._reraise()
         return 1 if self._ran_bad else (130 if self._draining and self._hard_stop else 0)
 
-    def _read_claims(self, names: list[str]) -> None:
+    def _read_claims(self) -> None:
         prefix = self.keys.claims
         newest: dict[str, int] = {}
         for key in self.store.list(prefix):
@@ -330,6 +337,9 @@ class Worker:
                 continue  # not_in_parallel=True: nothing else on this worker meanwhile
             mine = owner.get(name) == self.options.slot
             if not mine and takeover_from is None:
+                ready_since = self._ready_since.setdefault(name, time.monotonic())
+                if time.monotonic() - ready_since < self.options.steal_delay:
+                    continue  # give its own slot a moment to take it
                 owner_worker = slot_workers.get(owner.get(name, -1))
                 owner_gone = owner_worker is None and self._waited_long_enough()
                 if not (self.options.steal or owner_gone or owner_worker in dead):
@@ -355,9 +365,14 @@ class Worker:
             module=name, attempt=attempt, worker=self.worker_id, slot=self.options.slot,
             at=time.time(), takeover_from=takeover_from,
         )  # fmt: skip
-        won = self.store.create(self.keys.claim(name, attempt), encode(claim))
+        key = self.keys.claim(name, attempt)
+        won = self.store.create(key, encode(claim))
         if won:
             self._claims[name] = (attempt, claim)
+        else:  # someone else was first: remember who, for takeover decisions
+            data = self.store.get(key)
+            if data is not None:
+                self._claims[name] = (attempt, decode(Claim, data, key=key))
         return won
 
     def _resolve(
