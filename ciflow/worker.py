@@ -28,11 +28,11 @@ from .console import Console
 from .engine import Engine
 from .errors import CiflowError, RequirementError
 from .layout import RunKeys
-from .messages import CancelRecord, Claim, Done, Lease, decode, encode
+from .messages import CancelRecord, Claim, Done, Lease, Registration, decode, encode
 from .outcome import ModuleRecord, Outcome, dependency_verdict
 from .pipeline import Pipeline, Selection
 from .planner import DistributedExecutionPlan
-from .registry import HeartbeatThread, Liveness, finished_workers, new_worker_id, register
+from .registry import HeartbeatThread, Liveness, new_worker_id, register
 from .results import ResultCache, publish_result
 from .stores.base import Store, StoreError
 
@@ -141,6 +141,8 @@ class Worker:
         self._started = time.monotonic()
         self._errors: list[BaseException] = []
         self._slot_map: dict[int, str] = {}
+        self._registrations: dict[str, Registration] = {}
+        self._finished: dict[str, str] = {}  # done key -> worker
         self._ready_since: dict[str, float] = {}
         self._dead: set[str] = set()
 
@@ -294,16 +296,25 @@ class Worker:
                 item.engine.cancel(self._cancel.reason)
 
     def _refresh_workers(self) -> None:
-        """Registrations, deregistrations and heartbeats: who serves which slot, who is dead."""
-        from .registry import read_registrations
+        """Registrations, deregistrations and heartbeats: who serves which slot, who is dead.
 
+        Registrations and deregistrations never change once written: only new ones are read.
+        """
         self.liveness.refresh()
-        regs = read_registrations(self.store, self.keys)
-        self._slot_map = {}
-        for reg in regs:
-            self._slot_map.setdefault(reg.slot, reg.worker)
-        finished = finished_workers(self.store, self.keys)
-        self._dead = self.liveness.dead([r.worker for r in regs], finished)
+        for key in self.store.list(self.keys.workers):
+            if key not in self._registrations:
+                data = self.store.get(key)
+                if data is not None:
+                    reg = decode(Registration, data, key=key)
+                    self._registrations[key] = reg
+                    self._slot_map.setdefault(reg.slot, reg.worker)
+        for key in self.store.list(self.keys.done):
+            if key not in self._finished:
+                data = self.store.get(key)
+                if data is not None:
+                    self._finished[key] = decode(Done, data, key=key).worker
+        workers = [r.worker for r in self._registrations.values()]
+        self._dead = self.liveness.dead(workers, self._finished.values())
 
     def _act(self, order: list[str], owner: dict[str, int], position: dict[str, int]) -> None:
         slot_workers = self._slot_map
