@@ -105,8 +105,8 @@ class Placement:
 class Schedule:
     """A plan: one placement per task (same indices as `Problem.tasks`).
 
-    `sequence` lists all tasks by planned start, ties in dependency order; `slot_orders` splits
-    it per slot, which is the order a runner should follow.
+    `sequence` lists all tasks by planned start (ties: zero-length first, then in dependency
+    order); `slot_orders` splits it per slot, which is the order a runner should follow.
     """
 
     placements: tuple[Placement, ...]
@@ -189,19 +189,26 @@ class _Graph:
                 self.succs[p].append((i, costs[p]))
         everywhere = tuple(range(problem.slots))
         self.eligible = [everywhere if t.slots is None else tuple(sorted(t.slots)) for t in tasks]
-        keys = sorted({k for t in tasks for k in t.exclusive})
-        names = sorted(problem.limits)
-        self.exclusive = [tuple(keys.index(k) for k in sorted(set(t.exclusive))) for t in tasks]
-        self.limits = [tuple(names.index(k) for k in sorted(set(t.limits))) for t in tasks]
+        keys = {k: i for i, k in enumerate(sorted({k for t in tasks for k in t.exclusive}))}
+        names = {k: i for i, k in enumerate(sorted(problem.limits))}
+        self.exclusive = [tuple(sorted({keys[k] for k in t.exclusive})) for t in tasks]
+        self.limits = [tuple(sorted({names[k] for k in t.limits})) for t in tasks]
         self.n_keys = len(keys)
         self.capacity = [problem.limits[k] for k in names]
-        groups = sorted({t.affinity for t in tasks if t.affinity is not None})
-        self.group = [-1 if t.affinity is None else groups.index(t.affinity) for t in tasks]
+        named = sorted({t.affinity for t in tasks if t.affinity is not None})
+        groups = {name: i for i, name in enumerate(named)}
+        self.group = [-1 if t.affinity is None else groups[t.affinity] for t in tasks]
         self.n_groups = len(groups)
         self.topo = _topological_order(problem)
         self.pred_ids = [[p for p, _ in ps] for ps in self.preds]
         self.pred_set = [frozenset(p for p, _ in ps) for ps in self.preds]
         self.costly = [any(c for _, c in ps) for ps in self.preds]
+
+    def integral(self) -> bool:
+        """Whether all durations and transfer costs are whole numbers (so is the optimum)."""
+        return all(d == int(d) for d in self.dur) and all(
+            c == int(c) for ps in self.preds for _, c in ps
+        )
 
     def reversed(self) -> _Graph:
         """The same problem with every edge pointing the other way (for backward passes)."""
@@ -242,7 +249,7 @@ def lower_bound(problem: Problem) -> float:
     eligible slots S, the work restricted to subsets of S divided by |S|; the total duration of
     the tasks sharing one exclusive key; and total work plus the idle time that limited
     parallelism forces at the start and end of any schedule, divided by the slot count.
-    Rounded up when all durations are integers.
+    Rounded up when all durations and transfer costs are whole numbers.
     """
     return _lower_bound(_Graph(problem))
 
@@ -255,10 +262,12 @@ def _lower_bound(g: _Graph) -> float:
     for s in sorted(set(g.eligible)):
         work = sum(g.dur[i] for i in range(g.n) if set(g.eligible[i]) <= set(s))
         bound = max(bound, work / len(s))
-    for key in range(g.n_keys):
-        bound = max(bound, sum(g.dur[i] for i in range(g.n) if key in g.exclusive[i]))
-    integral = all(d == int(d) for d in g.dur)
-    if integral:
+    key_work = [0.0] * g.n_keys
+    for i in range(g.n):
+        for key in g.exclusive[i]:
+            key_work[key] += g.dur[i]
+    bound = max([bound, *key_work])
+    if integral := g.integral():
         bound = float(math.ceil(bound - 1e-9))
     work = sum(g.dur)
     start, end = _IdleProfile(head, g.dur, g.slots), _IdleProfile(tail, g.dur, g.slots)
@@ -559,12 +568,13 @@ def plan(
     """Best schedule found by HEFT-style list scheduling plus bounded search; use this one.
 
     A genetic search over task orders, each schedule improved by forward-backward passes (at
-    most `passes` list-scheduling passes), then depth-first branch and bound restarted with
-    different branching orders (at most `nodes` nodes in all). Stops as soon as the makespan
-    meets the lower bound. None scales the budget to the problem: 2000 passes and 30000 nodes
-    for 50 tasks on 4 slots, about a quarter second. Affinity groups stay on one slot unless
-    that costs more than `problem.affinity_tolerance` of the makespan (that check runs the
-    search twice, each with half the budget). Deterministic: same problem and seed, same plan.
+    most `passes` list-scheduling passes), then, for interchangeable slots without transfers or
+    resources, depth-first branch and bound restarted with different branching orders (at most
+    `nodes` nodes in all). Stops as soon as the makespan meets the lower bound. None scales the
+    budget to the problem: 2000 passes and 30000 nodes for 50 tasks on 4 slots, at most about
+    half a second on one core (most problems stop far earlier). Affinity groups stay on one
+    slot unless that costs more than `problem.affinity_tolerance` of the makespan (that check
+    searches twice, each with half the budget). Deterministic: same problem and seed, same plan.
     """
     g = _Graph(problem)
     bound = _lower_bound(g)
@@ -584,7 +594,7 @@ def plan(
     return free
 
 
-_BNB_MAX_TASKS = 250  # its recursion depth grows with the task count
+_BNB_MAX_TASKS = 200  # recursion: two frames per placed task
 _BNB_RUN = 2_000  # nodes per branch-and-bound restart
 _GA_POPULATION = 30
 _GA_MUTATION = 0.03
@@ -599,12 +609,9 @@ def _search(
     head, _ = _levels(g)
     _evolve(s, rank, [rank[i] + head[i] for i in range(g.n)])
     assert s.best is not None
-    if s.best.makespan > bound + 1e-9 and 0 < g.n <= _BNB_MAX_TASKS:
-        integral = all(d == int(d) for d in g.dur) and all(
-            c == int(c) for ps in g.preds for _, c in ps
-        )
-        step = 1.0 if integral else 1e-6 * max(s.best.makespan, 1e-9)
-        bnb = _BranchAndBound(g, pinned, _levels(g)[1], bound, step)
+    if s.best.makespan > bound + 1e-9 and _BranchAndBound.applies(g, pinned):
+        step = 1.0 if g.integral() else 1e-6 * max(s.best.makespan, 1e-9)
+        bnb = _BranchAndBound(g, _levels(g)[1], bound, step)
         run = 0
         while nodes > 0 and s.best.makespan > bound + 1e-9:
             pri = rank if run == 0 else [r * (1 + s.rng.uniform(-0.3, 0.3)) for r in rank]
@@ -657,32 +664,33 @@ def _evolve(s: _Search, rank: list[float], rank_head: list[float]) -> None:
 class _BranchAndBound:
     """Depth-first branch and bound building the schedule forward in time (DF/IHS style).
 
-    At the earliest time t a slot is free, that slot either starts one of the tasks startable
-    there (in priority order) or waits for the next event. Pruned by the idle-time budget
-    (slots * target - total work) and by the critical path of the tasks not yet placed.
-    Interchangeable slots start same-time tasks in priority order only (symmetry breaking).
+    Only for interchangeable slots without transfers, resources or pinned groups: there list
+    scheduling struggles with tight packings, while elsewhere this rarely beat it. At the
+    earliest time t a slot is free, it starts one of the ready tasks (in priority order; tasks
+    starting at the same time in priority order only, as slots are alike) or all slots free at
+    t wait for the next event. Pruned by the idle-time budget (slots * target - total work,
+    less the idle the end of any schedule forces) and the critical path of the ready tasks; a
+    state reached again by another interleaving is skipped once fully explored.
     """
 
-    def __init__(
-        self, g: _Graph, pinned: Sequence[bool], tail: list[float], bound: float, step: float
-    ) -> None:
-        self.g, self.pinned, self.tail, self.bound, self.step = g, pinned, tail, bound, step
+    def __init__(self, g: _Graph, tail: list[float], bound: float, step: float) -> None:
+        self.g, self.bound, self.step = g, bound, step
         self.end_idle = _IdleProfile(tail, g.dur, g.slots)
-        self.transfers = any(c for ps in g.preds for _, c in ps)
-        self.symmetric = (
-            not self.transfers
-            and not any(pinned)
+        self.span = [d + t for d, t in zip(g.dur, tail, strict=True)]
+        self.succ_ids = [[q for q, _ in qs] for qs in g.succs]
+        self.explored: set[tuple[object, ...]] = set()  # states that cannot improve
+        self.runs = 0
+
+    @staticmethod
+    def applies(g: _Graph, pinned: Sequence[bool]) -> bool:
+        return (
+            not any(g.costly)
             and g.n_keys == 0
             and not g.capacity
+            and not any(pinned)
             and all(len(e) == g.slots for e in g.eligible)
+            and 0 < g.n <= _BNB_MAX_TASKS
         )
-        self.can_run = [[s in e for s in range(g.slots)] for e in g.eligible]
-        self.plain = self.symmetric and not g.n_groups
-        self.explored: set[tuple[object, ...]] = set()  # plain states that cannot improve
-        self.span = [d + t for d, t in zip(g.dur, tail, strict=True)]
-        self.pred_ids = g.pred_ids
-        self.succ_ids = [[q for q, _ in qs] for qs in g.succs]
-        self.runs = 0
 
     def solve(self, order: Sequence[int], incumbent: float, nodes: int) -> _Result | None:
         """A schedule shorter than `incumbent` found within `nodes` nodes, else None."""
@@ -694,161 +702,19 @@ class _BranchAndBound:
         self.best_ms, self.nodes = incumbent, nodes
         self.best: _Result | None = None
         self.free = [0.0] * g.slots
-        self.passed = [False] * g.slots
         self.left = [len(p) for p in g.preds]
         self.avail = sorted((t for t in range(g.n) if not self.left[t]), key=self.prio.__getitem__)
         self.est = [0.0] * g.n
         self.slot, self.start, self.finish = [-1] * g.n, [0.0] * g.n, [0.0] * g.n
         self.rem = sum(g.dur)
-        self.key_free = [0.0] * g.n_keys
-        self.limit_ends: list[list[float]] = [[] for _ in g.capacity]
-        self.group_slot = [-1] * g.n_groups
         self.last = (-1.0, -1)  # (time, priority) of the last task started, for symmetry
         self.running = [-1] * g.slots
         self.mask = 0
-        if self.plain:
-            self._plain_node()
-        else:
-            self._node()
+        self._node()
         return self.best
-
-    def _stop(self) -> bool:
-        return self.nodes <= 0 or self.best_ms <= self.bound + 1e-9
-
-    def _ready(self, j: int, s: int) -> float:
-        if not self.transfers:
-            return self.est[j]
-        r = 0.0
-        for p, c in self.g.preds[j]:
-            r = max(r, self.finish[p] + (c if self.slot[p] != s else 0.0))
-        return r
-
-    def _candidates(self, s: int, t: float) -> list[int]:
-        """Tasks that may start on slot s at time t, in branching order."""
-        g, prio = self.g, self.prio
-        low = self.last[1] if self.symmetric and self.last[0] == t else -1
-        out = []
-        for j in self.avail:
-            if not self.can_run[j][s] or self._ready(j, s) > t or prio[j] < low:
-                continue
-            grp = g.group[j]
-            if (
-                grp >= 0
-                and self.pinned[grp]
-                and self.group_slot[grp] not in (-1, s)
-                and self.can_run[j][self.group_slot[grp]]
-            ):
-                continue
-            if g.dur[j] <= 0:
-                out.append(j)
-                continue
-            if any(self.key_free[k] > t for k in g.exclusive[j]):
-                continue
-            if all(
-                sum(1 for e in self.limit_ends[lim] if e > t) < g.capacity[lim]
-                for lim in g.limits[j]
-            ):
-                out.append(j)
-        return out
 
     def _node(self) -> None:
         """Explore every completion of the current partial schedule (state restored on exit)."""
-        g = self.g
-        self.nodes -= 1
-        if not self.avail:
-            ms = max(self.finish, default=0.0)
-            if ms < self.best_ms - 1e-9:
-                self.best_ms = ms
-                self.best = _Result(self.slot[:], self.start[:], self.finish[:], ms)
-            return
-        saved = (self.free[:], self.passed[:], self.last)
-        span = max(g.dur[j] + self.tail[j] for j in self.avail)
-        reach = max(self.est[j] + g.dur[j] + self.tail[j] for j in self.avail)
-        while not self._stop():
-            target = self.best_ms - self.step + 1e-9
-            t = min(self.free)
-            if (
-                max(t + span, reach) > target
-                or sum(self.free) + self.rem + self.end_idle.at_most(target - max(self.free))
-                > g.slots * target
-            ):
-                break
-            s, cands = -1, []
-            for x in range(g.slots):
-                if self.free[x] == t and not self.passed[x]:
-                    cands = self._candidates(x, t)
-                    if cands:
-                        s = x
-                        break
-            if s < 0:  # nobody can start anything at t: wait for the next event
-                waiting = [x for x in range(g.slots) if self.free[x] == t]
-                later = [f for f in self.free if f > t] + [
-                    r for j in self.avail for x in waiting if (r := self._ready(j, x)) > t
-                ]
-                if not later:
-                    break
-                for x in waiting:
-                    self.free[x], self.passed[x] = min(later), False
-                continue
-            for j in cands:
-                if t + g.dur[j] + self.tail[j] <= target:
-                    self._place(j, s, t)
-                    if self._stop():
-                        break
-            if self._stop():
-                break
-            for x in range(g.slots):  # s waits; interchangeable slots free at t wait as well
-                if x == s or (self.symmetric and self.free[x] == t):
-                    self.passed[x] = True
-            self.nodes -= 1
-        self.free, self.passed, self.last = saved
-
-    def _place(self, j: int, s: int, t: float) -> None:
-        """Start task j on slot s at t, explore, and undo."""
-        g = self.g
-        d = g.dur[j]
-        old_free, old_last, old_avail = self.free[s], self.last, self.avail
-        old_running = self.running[s]
-        self.running[s], self.mask = j, self.mask | 1 << j
-        grp = g.group[j]
-        old_group = self.group_slot[grp] if grp >= 0 else -1
-        old_keys = [self.key_free[k] for k in g.exclusive[j]]
-        self.slot[j], self.start[j], self.finish[j] = s, t, t + d
-        self.free[s], self.last, self.rem = t + d, (t, self.prio[j]), self.rem - d
-        if grp >= 0 and old_group < 0:
-            self.group_slot[grp] = s
-        keys, limits = (g.exclusive[j], g.limits[j]) if d > 0 else ((), ())
-        for k in keys:
-            self.key_free[k] = t + d
-        for lim in limits:
-            self.limit_ends[lim].append(t + d)
-        avail = [x for x in self.avail if x != j]
-        for q, _ in g.succs[j]:
-            self.left[q] -= 1
-            if not self.left[q]:
-                self.est[q] = max([self.finish[p] for p, _ in g.preds[q]])
-                avail.append(q)
-        avail.sort(key=self.prio.__getitem__)
-        self.avail = avail
-        self._node()
-        self.avail, self.free[s], self.last, self.rem = old_avail, old_free, old_last, self.rem + d
-        self.running[s], self.mask = old_running, self.mask & ~(1 << j)
-        for q, _ in g.succs[j]:
-            self.left[q] += 1
-        for k, v in zip(g.exclusive[j], old_keys, strict=True):
-            self.key_free[k] = v
-        for lim in limits:
-            self.limit_ends[lim].pop()
-        if grp >= 0:
-            self.group_slot[grp] = old_group
-        self.slot[j] = -1
-
-    def _plain_node(self) -> None:
-        """`_node` for interchangeable slots without transfers or resources, a lot faster.
-
-        Waiting applies to all slots free at t at once; a state reached again by another
-        interleaving (same tasks placed, same slot times) is skipped once fully explored.
-        """
         self.nodes -= 1
         avail, free, est, span, prio = self.avail, self.free, self.est, self.span, self.prio
         if not avail:
@@ -883,7 +749,7 @@ class _BranchAndBound:
             s = free.index(t)
             for j in cands:
                 if t + span[j] <= target:
-                    self._plain_place(j, s, t)
+                    self._place(j, s, t)
                     if self.nodes <= 0 or self.best_ms <= self.bound + 1e-9:
                         break
             later = [f for f in free if f > t] + [e for j in avail if (e := est[j]) > t]
@@ -897,22 +763,14 @@ class _BranchAndBound:
         if self.nodes > 0:
             self.explored.add(key)
 
-    def _plain_place(self, j: int, s: int, t: float) -> None:
-        """Start task j on slot s at t, explore with `_plain_node`, and undo."""
+    def _place(self, j: int, s: int, t: float) -> None:
+        """Start task j on slot s at t, explore, and undo."""
         d = self.g.dur[j]
-        old_free, old_last, old_avail, old_running = (
-            self.free[s],
-            self.last,
-            self.avail,
-            self.running[s],
-        )
+        old_free, old_running = self.free[s], self.running[s]
+        old_last, old_avail = self.last, self.avail
         self.slot[j], self.start[j], self.finish[j] = s, t, t + d
-        self.free[s], self.last, self.rem, self.running[s] = (
-            t + d,
-            (t, self.prio[j]),
-            self.rem - d,
-            j,
-        )
+        self.free[s], self.last, self.running[s] = t + d, (t, self.prio[j]), j
+        self.rem -= d
         self.mask |= 1 << j
         avail = [x for x in old_avail if x != j]
         left, finish = self.left, self.finish
@@ -920,21 +778,17 @@ class _BranchAndBound:
         for q in self.succ_ids[j]:
             left[q] -= 1
             if not left[q]:
-                self.est[q] = max([finish[p] for p in self.pred_ids[q]])
+                self.est[q] = max([finish[p] for p in self.g.pred_ids[q]])
                 avail.append(q)
                 grown = True
         if grown:
             avail.sort(key=self.prio.__getitem__)
         self.avail = avail
-        self._plain_node()
+        self._node()
         for q in self.succ_ids[j]:
             left[q] += 1
-        self.avail, self.free[s], self.last, self.running[s] = (
-            old_avail,
-            old_free,
-            old_last,
-            old_running,
-        )
+        self.free[s], self.running[s] = old_free, old_running
+        self.last, self.avail = old_last, old_avail
         self.rem += d
         self.mask &= ~(1 << j)
         self.slot[j] = -1
