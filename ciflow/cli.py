@@ -131,6 +131,21 @@ HistoryOption = Annotated[
 ]
 
 
+def _sources(pipeline: Pipeline) -> dict[str, tuple[str, int]]:
+    """Each module's file (relative to the working directory where possible) and line."""
+    found = {}
+    for name, mod in pipeline.modules.items():
+        code = getattr(mod.fn, "__code__", None)
+        if code is not None:
+            path = Path(code.co_filename)
+            try:
+                path = path.relative_to(Path.cwd())
+            except ValueError:
+                pass
+            found[name] = (str(path), code.co_firstlineno)
+    return found
+
+
 def _history_path(pipeline: Pipeline, given: Path | None) -> Path:
     from .history import DEFAULT_PATH
 
@@ -208,13 +223,14 @@ def run(
     from .console import Console
     from .engine import Engine, check_requirements
     from .report import build_report, write_report
-    from .summary import render_summary
+    from .summary import render_summary, write_step_summary
 
     selection = pipeline.select(only or (), skip or (), category or ())
     active = [n for n in selection.names if n not in selection.skipped]
     tools = {t for n in active for t in pipeline.modules[n].requires.tools}
     check_requirements(pipeline, active, Capabilities.detect(tools, tag or ()))
     console = Console(verbose=not quiet)
+    console.sources = _sources(pipeline)
     workdir = pipeline.path.parent if pipeline.path is not None else Path.cwd()
     engine = Engine(
         pipeline,
@@ -227,6 +243,7 @@ def run(
     )
     result = engine.run()
     console.print(render_summary(result))
+    write_step_summary(result)
     if not no_history:
         from .history import History
 
@@ -468,7 +485,14 @@ def _open_run(store: str | None, run_id: str | None, *, required: bool) -> tuple
     from .stores import open_store
 
     if store is None:
-        raise UsageError("no store: pass --store URL (e.g. file:///tmp/ciflow) or set CIFLOW_STORE")
+        import os
+
+        if os.environ.get("GITHUB_ACTIONS") == "true" and os.environ.get("ACTIONS_RUNTIME_TOKEN"):
+            store = "github://"  # the run's own artifacts (ciflow's action exports the token)
+        else:
+            raise UsageError(
+                "no store: pass --store URL (e.g. file:///tmp/ciflow) or set CIFLOW_STORE"
+            )
     run = run_id or _default_run_id()
     if run is None:
         raise UsageError("no run id: pass --run-id ID or set CIFLOW_RUN_ID")
@@ -476,18 +500,23 @@ def _open_run(store: str | None, run_id: str | None, *, required: bool) -> tuple
 
 
 def _default_run_id() -> str | None:
-    import os
+    from .ci import detect_job
 
-    if os.environ.get("GITHUB_RUN_ID"):
-        return f"{os.environ['GITHUB_RUN_ID']}-{os.environ.get('GITHUB_RUN_ATTEMPT', '1')}"
-    return None
+    return detect_job().run_id
 
 
 @app.command()
 def worker(
     slot: Annotated[
-        int, typer.Option("--slot", min=0, metavar="K", help="This worker's slot in the plan.")
-    ],
+        int | None,
+        typer.Option(
+            "--slot",
+            min=0,
+            metavar="K",
+            help="This worker's slot in the plan [default: from CIFLOW_SLOT, GitLab's "
+            "CI_NODE_INDEX, JOB_COMPLETION_INDEX, CIRCLE_NODE_INDEX or BUILDKITE_PARALLEL_JOB].",
+        ),
+    ] = None,
     file: FileOption = None,
     store: StoreOption = None,
     run_id: RunIdOption = None,
@@ -534,6 +563,16 @@ def worker(
     from .console import Console
     from .worker import Worker, WorkerOptions
 
+    if slot is None:
+        from .ci import detect_job
+
+        job = detect_job()
+        if job.slot is None:
+            raise UsageError(
+                "no slot: pass --slot K (or run where the CI system numbers parallel jobs: "
+                "GitLab parallel:, Kubernetes Indexed Jobs, CircleCI, Buildkite)"
+            )
+        slot = job.slot
     target_store, keys = _open_run(store, run_id, required=True)
     if plan is not None:
         from .orchestrator import load_plan_file, publish_plan
@@ -552,7 +591,9 @@ def worker(
         runs_on=runs_on,
         workdir=workdir,
     )
-    code = Worker(pipeline, target_store, keys.run_id, options, Console(verbose=not quiet)).run()
+    console = Console(verbose=not quiet)
+    console.sources = _sources(pipeline)
+    code = Worker(pipeline, target_store, keys.run_id, options, console).run()
     raise typer.Exit(code)
 
 
@@ -644,11 +685,12 @@ def _render_run(
     from .orchestrator import plan_order
     from .report import build_report, write_report
     from .results import read_run
-    from .summary import render_summary
+    from .summary import render_summary, write_step_summary
 
     names = plan_order(store, keys) or order or []
     result = read_run(store, keys, names)
     console.print(render_summary(result))
+    write_step_summary(result)
     missing = [r.name for r in result.records if r.outcome is None]
     if report is not None:
         write_report(build_report(result), report)

@@ -32,6 +32,19 @@ _COLORS = {
 }
 
 _PLAIN = {o: o.value.replace("_", " ") for o in Outcome}
+_GROUP_LIMIT = 5000  # lines kept per module before a partial group is printed
+
+
+def _escape_data(text: str) -> str:
+    """Escape a workflow-command message (GitHub's rules: %, CR, LF)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    """Escape a workflow-command property value (also ':' and ',')."""
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
 _COLORED = {o: f"\x1b[{_COLORS[o]}m{_PLAIN[o]}\x1b[0m" for o in Outcome}
 
 
@@ -51,6 +64,9 @@ class Console:
 
     ``live`` (default: the stream is a terminal and ``CI`` is unset) keeps a progress line at the
     bottom; otherwise every event is one plain line. ``verbose=False`` hides module output lines.
+    ``github`` (default: ``GITHUB_ACTIONS=true``) collects each module's output and prints it as
+    one ``::group::`` when the module ends, so parallel modules do not interleave in the log, and
+    marks failures with ``::error`` annotations.
     """
 
     def __init__(
@@ -61,6 +77,7 @@ class Console:
         color: bool | None = None,
         verbose: bool = True,
         masker: Masker = MASKER,
+        github: bool | None = None,
     ) -> None:
         self.stream = stream if stream is not None else sys.stdout
         tty = _isatty(self.stream)
@@ -76,6 +93,10 @@ class Console:
         self._last_draw = 0.0
         self._started = time.monotonic()
         self._dirty = False
+        self.github = os.environ.get("GITHUB_ACTIONS") == "true" if github is None else github
+        self._groups: dict[str, list[str]] = {}
+        self._continued: set[str] = set()
+        self.sources: dict[str, tuple[str, int]] = {}  # module -> (file, line) for annotations
 
     # events the engine reports ------------------------------------------------
 
@@ -92,8 +113,18 @@ class Console:
         self._line(f"[{name}] started{again}")
 
     def output(self, module: str, line: str) -> None:
-        if self.verbose:
-            self._line(f"[{module}] {line}")
+        if not self.verbose:
+            return
+        if self.github:
+            with self._lock:
+                group = self._groups.setdefault(module, [])
+                group.append(line)
+                if len(group) < _GROUP_LIMIT:
+                    return
+                del self._groups[module]
+            self._group(module, group, partial=True)
+            return
+        self._line(f"[{module}] {line}")
 
     def module_retry(self, name: str, attempt: int, delay: float, error: str) -> None:
         if self.live:
@@ -115,6 +146,17 @@ class Console:
             text += f": {record.skip_reason}"
         elif record.error:
             text += f": {record.error.splitlines()[0]}"
+        if self.github:
+            with self._lock:
+                group = self._groups.pop(record.name, [])
+            if group:
+                self._group(record.name, group, partial=False)
+            if outcome in (Outcome.FAILED, Outcome.TIMED_OUT) and record.error:
+                title = f"{record.name} {outcome.value.replace('_', ' ')}"
+                where = self.sources.get(record.name)
+                place = f"file={_escape_property(where[0])},line={where[1]}," if where else ""
+                message = _escape_data(record.error)
+                self._line(f"::error {place}title={_escape_property(title)}::{message}")
         self._line(f"[{record.name}] {text}")
 
     def message(self, text: str) -> None:
@@ -151,6 +193,17 @@ class Console:
             self._clear()
             self.stream.write(self.masker.mask(text) + "\n")
             self.stream.flush()
+
+    def _group(self, module: str, lines: list[str], partial: bool) -> None:
+        more = " (continued)" if module in self._continued else ""
+        if partial:
+            self._continued.add(module)
+        else:
+            self._continued.discard(module)
+        text = "\n".join(
+            [f"::group::{module}{more}", *(f"[{module}] {line}" for line in lines), "::endgroup::"]
+        )
+        self._line(text)
 
     # drawing ------------------------------------------------------------------
 

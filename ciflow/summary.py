@@ -9,7 +9,7 @@ from .engine import RunResult
 from .masking import MASKER
 from .outcome import ModuleRecord, Outcome
 
-__all__ = ["render_summary"]
+__all__ = ["render_summary", "to_markdown", "write_step_summary"]
 
 _MAX_ERROR_LINES = 12
 
@@ -91,3 +91,52 @@ def render_summary(result: RunResult) -> str:
     total = format_duration(result.finished - result.started)
     lines += ["", f"{verdict}: {len(result.records)} module(s): {tally} in {total}"]
     return MASKER.mask("\n".join(lines))
+
+
+def to_markdown(result: RunResult) -> str:
+    """The summary as GitHub-flavoured Markdown: a table and a mermaid Gantt of what ran where."""
+    from .diagram import to_gantt
+
+    records = _order(result.records)
+    lines = [
+        f"### ciflow run {result.run_id}: "
+        + {0: "OK", 130: "interrupted"}.get(result.exit_code, "failed"),
+        "",
+        "| module | outcome | duration | slot | error or reason |",
+        "|---|---|---|---|---|",
+    ]
+    for rec in records:
+        outcome = (rec.outcome or Outcome.CANCELLED).value
+        why = (rec.error or rec.skip_reason or "").splitlines()
+        cell = why[0].replace("|", "\\|") if why else ""
+        duration = format_duration(rec.duration) if rec.start is not None else "-"
+        slot = "-" if rec.slot is None else str(rec.slot)
+        lines.append(f"| {rec.name} | {outcome} | {duration} | {slot} | {cell} |")
+    ran = [r for r in records if r.start is not None and r.end is not None]
+    if ran:
+        origin = min(r.start for r in ran if r.start is not None)
+        sections: dict[str, list[tuple[str, float, float]]] = {}
+        for rec in sorted(ran, key=lambda r: r.start or 0.0):
+            label = "this machine" if rec.slot is None else f"slot {rec.slot}"
+            start = (rec.start or origin) - origin
+            sections.setdefault(label, []).append((rec.name, start, (rec.end or origin) - origin))
+        lines += ["", "```mermaid", to_gantt("what ran where", list(sections.items())), "```"]
+    return MASKER.mask("\n".join(lines)) + "\n"
+
+
+def write_step_summary(result: RunResult) -> None:
+    """Append the Markdown summary to ``$GITHUB_STEP_SUMMARY`` when GitHub Actions gives one."""
+    import os
+
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(to_markdown(result))
+    except OSError as exc:
+        from .errors import UsageError
+
+        raise UsageError(
+            f"cannot write GITHUB_STEP_SUMMARY {path}: {exc.strerror or exc}"
+        ) from None

@@ -413,3 +413,27 @@ def test_retried_success_line_shows_no_stale_error(tmp_path: Path, out: io.Strin
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_github_mode_groups_each_modules_output_and_annotates_failures() -> None:
+    from ciflow.outcome import ModuleRecord, Outcome
+
+    out = io.StringIO()
+    console = Console(out, live=False, color=False, github=True)
+    console.sources = {"test": ("ci/ciflow.py", 12)}
+    console.module_started("build", 1)
+    console.module_started("test", 1)
+    console.output("build", "compiling")
+    console.output("test", "collecting, 50% done")
+    console.output("build", "linking")
+    console.module_finished(ModuleRecord("build", Outcome.SUCCEEDED, 1, 1.0, 2.0, 1.0))
+    console.module_finished(
+        ModuleRecord("test", Outcome.FAILED, 1, 1.0, 3.0, 2.0, error="exit 1: a,b\nlast line")
+    )
+    lines = out.getvalue().splitlines()
+    assert lines[2:6] == ["::group::build", "[build] compiling", "[build] linking", "::endgroup::"]
+    assert lines[7:10] == ["::group::test", "[test] collecting, 50% done", "::endgroup::"]
+    assert lines[10] == (
+        "::error file=ci/ciflow.py,line=12,title=test failed::exit 1: a,b%0Alast line"
+    )
+    assert lines[11] == "[test] failed in 2.00s: exit 1: a,b"

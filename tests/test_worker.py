@@ -415,3 +415,26 @@ def test_sigterm_drains_and_deregisters(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.records[0].outcome is Outcome.SUCCEEDED, out  # finished, not killed
     assert result.records[1].outcome is None  # not started: handed back
     assert store.list(keys.done)  # deregistered
+
+
+def test_worker_takes_its_slot_from_gitlab(
+    tmp_path: Path, pipelines: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    file = pipelines / "basic.py"
+    publish_plan(
+        open_store(url),
+        RunKeys("gl"),
+        plan_pipeline(load_pipeline(file), [RunnerPool(count=1, os=None)]),
+    )
+    result = runner.invoke(
+        app,
+        ["worker", "-f", str(file), "--store", url, *FAST],
+        env={"GITLAB_CI": "true", "CI_NODE_INDEX": "1", "CI_PIPELINE_ID": "gl"},
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "registered as s0-" in result.stdout
+    result = runner.invoke(
+        app, ["worker", "-f", str(file), "--store", url, "--run-id", "gl"], env={"GITLAB_CI": ""}
+    )
+    assert result.exit_code == 2 and "no slot: pass --slot K" in result.stderr

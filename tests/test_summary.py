@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ciflow.engine import RunResult
+from ciflow.masking import MASKER
+from ciflow.outcome import ModuleRecord, Outcome
+from ciflow.summary import render_summary, to_markdown, write_step_summary
+
+
+def _result() -> RunResult:
+    return RunResult(
+        "r1",
+        [
+            ModuleRecord("build", Outcome.SUCCEEDED, 1, 100.0, 101.5, 1.5, slot=0),
+            ModuleRecord(
+                "test", Outcome.FAILED, 2, 101.5, 104.0, 2.5, error="boom | bad\nmore", slot=1
+            ),
+            ModuleRecord("docs", Outcome.SKIPPED, 0, skip_reason="skip_if: not on CI"),
+        ],
+        100.0,
+        104.0,
+    )
+
+
+def test_text_summary_puts_failures_first_with_reasons_and_errors() -> None:
+    text = render_summary(_result())
+    rows = [line.split()[0] for line in text.splitlines()[4:7]]
+    assert rows == ["test", "build", "docs"]
+    assert "slot" in text.splitlines()[2]
+    assert "Skipped\n  docs: skip_if: not on CI" in text
+    assert "Errors\n  test (failed): boom | bad\n    more" in text
+    assert text.rstrip().endswith("FAILED: 3 module(s): 1 succeeded, 1 failed, 1 skipped in 4.00s")
+
+
+def test_markdown_has_table_and_gantt_of_what_ran_where() -> None:
+    md = to_markdown(_result())
+    assert md.startswith("### ciflow run r1: failed\n")
+    assert "| test | failed | 2.50s | 1 | boom \\| bad |" in md
+    assert "| docs | skipped | - | - | skip_if: not on CI |" in md
+    gantt = md[md.index("```mermaid") :]
+    assert "section slot 0\n    build : 0, 1500" in gantt
+    assert "section slot 1\n    test : 1500, 4000" in gantt
+    assert "docs" not in gantt  # never ran
+
+
+def test_markdown_is_masked() -> None:
+    MASKER.add("boom")
+    assert "boom" not in to_markdown(_result())
+
+
+def test_step_summary_is_appended_only_on_github(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "summary.md"
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    write_step_summary(_result())
+    assert not target.exists()
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
+    target.write_text("earlier step\n")
+    write_step_summary(_result())
+    assert target.read_text().startswith("earlier step\n### ciflow run r1")
