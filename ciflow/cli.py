@@ -725,6 +725,18 @@ def status(store: StoreOption = None, run_id: RunIdOption = None) -> None:
     typer.echo(render_status(target, keys))
 
 
+@app.command(
+    "emulate-github",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def emulate_github(ctx: typer.Context) -> None:
+    """Serve a local emulator of GitHub's artifact and cache services (see --help)."""
+    from .emulator import main as emulator_main
+
+    raise typer.Exit(emulator_main(list(ctx.args)))
+
+
 class GraphFormat(enum.StrEnum):
     MERMAID = "mermaid"
     DOT = "dot"
