@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,13 @@ PIPELINES = Path(__file__).parent / "pipelines"
 @pytest.fixture(autouse=True)
 def _clean_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts with no registered modules, no secrets and a private history file."""
+    for name in list(os.environ):  # a test suite run inside CI must not write to the CI's files
+        if name.startswith(("CIFLOW_", "ACTIONS_", "GITHUB_")) or name in (
+            "GITLAB_CI",
+            "BUILDKITE",
+            "CIRCLECI",
+        ):
+            monkeypatch.delenv(name)
     monkeypatch.setenv("CIFLOW_HISTORY", str(tmp_path / "history.json"))
     reset_registry()
     MASKER.clear()
