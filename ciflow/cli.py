@@ -541,16 +541,22 @@ def worker(
         str | None, typer.Option("--runs-on", metavar="LABEL", help="This runner's CI label.")
     ] = None,
     heartbeat_interval: Annotated[
-        float, typer.Option("--heartbeat-interval", metavar="SECONDS")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            "--heartbeat-interval",
+            metavar="SECONDS",
+            help="[default: the store's: 1 s on file://, coarser on remote stores]",
+        ),
+    ] = None,
     heartbeat_timeout: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--heartbeat-timeout",
             metavar="SECONDS",
-            help="Silence after which a worker counts as dead and its modules are taken over.",
+            help="Silence after which a worker counts as dead and its modules are taken over "
+            "[default: 4 heartbeats, at least 10 s].",
         ),
-    ] = 10.0,
+    ] = None,
     plan_timeout: Annotated[
         float,
         typer.Option("--plan-timeout", metavar="SECONDS", help="How long to wait for a plan."),

@@ -125,11 +125,15 @@ class Liveness:
         self.timeout = timeout
         self._seen: dict[str, tuple[int, float]] = {}  # worker -> (seq, when it rose)
 
-    def refresh(self) -> None:
-        """Read the newest beat of every worker (one list call)."""
+    def refresh(self, listed: Iterable[str] | None = None) -> None:
+        """Note the newest beat of every worker: from ``listed`` keys, or one list call."""
         now = time.monotonic()
         newest: dict[str, int] = {}
-        for key in self.store.list(self.keys.alive_prefix):
+        prefix = self.keys.alive_prefix
+        keys = self.store.list(prefix) if listed is None else listed
+        for key in keys:
+            if not key.startswith(prefix):
+                continue
             worker, _, number = key[len(self.keys.alive_prefix) :].partition("/")
             if number.isdigit():
                 newest[worker] = max(newest.get(worker, 0), int(number))

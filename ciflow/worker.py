@@ -47,10 +47,10 @@ class WorkerOptions:
     jobs: int = 1
     steal: bool = True
     keep_going: bool = False
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 10.0
+    heartbeat_interval: float | None = None  # default: the store's suggestion
+    heartbeat_timeout: float | None = None
     plan_timeout: float = 600.0
-    slow_poll: float = 0.25  # how often liveness, claims and the cancel record are read
+    slow_poll: float | None = None  # how often the run's namespace is listed (default: store's)
     steal_delay: float = 0.1  # a module must be ready this long before another slot takes it
     tags: tuple[str, ...] = ()
     runs_on: str | None = None
@@ -82,6 +82,9 @@ def _parse_plan(data: bytes, key: str) -> DistributedExecutionPlan:
         raise StoreError(
             f"plan {key} is not a valid ciflow plan: {exc.errors()[0]['msg']}"
         ) from None
+
+
+_FAILING = (Outcome.FAILED, Outcome.TIMED_OUT)
 
 
 def _failpoint(point: str, module: str) -> None:
@@ -128,7 +131,11 @@ class Worker:
         tools = {t for m in pipeline.modules.values() for t in m.requires.tools}
         self.caps = Capabilities.detect(tools, options.tags, options.jobs)
         self.results = ResultCache(store, self.keys)
-        self.liveness = Liveness(store, self.keys, options.heartbeat_timeout)
+        beat = options.heartbeat_interval or store.heartbeat_interval
+        self.heartbeat_interval = beat
+        self.heartbeat_timeout = options.heartbeat_timeout or max(10.0, 4 * beat)
+        self.slow_poll = options.slow_poll or store.slow_poll
+        self.liveness = Liveness(store, self.keys, self.heartbeat_timeout)
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
         self._claims: dict[str, tuple[int, Claim]] = {}  # module -> newest claim
@@ -156,7 +163,7 @@ class Worker:
         )  # fmt: skip
         self._say(f"registered as {reg.worker} (slot {reg.slot}, {reg.os}/{reg.arch})")
         beats = HeartbeatThread(
-            self.store, self.keys, self.worker_id, self.options.heartbeat_interval
+            self.store, self.keys, self.worker_id, self.heartbeat_interval
         )
         beats.beat()
         beats.start()
@@ -245,13 +252,14 @@ class Worker:
             if all(n in self.results.headers for n in names):
                 break
             now = time.monotonic()
-            if now >= next_slow:  # the slow cadence: liveness, claims of others, cancel record
-                self._refresh_workers()
-                self._read_claims()
-                self._read_cancel()
-                next_slow = now + self.options.slow_poll
-            elif changed:
-                self._read_cancel()
+            if now >= next_slow:  # the slow cadence: one listing of the run's whole namespace
+                everything = self.store.list(self.keys.root)
+                self._refresh_workers(everything)
+                self._read_claims(everything)
+                self._read_cancel(everything)
+                next_slow = now + self.slow_poll
+            elif any(self.results.outcome(n) in _FAILING for n in changed):
+                self._read_cancel()  # a failure just landed: its cancel record may be there
             with self._lock:
                 beats.running = sorted(self._running)
             if not self._draining:
@@ -259,19 +267,21 @@ class Worker:
             elif not self._running:
                 break  # drained: hand back what is left and leave
             known = {self.keys.result(n) for n in self.results.headers}
-            wait = min(self.options.slow_poll, max(0.0, next_slow - time.monotonic()))
+            wait = min(self.slow_poll, max(0.0, next_slow - time.monotonic()))
             listed = self.store.wait(self.keys.results, known, wait)
         self._pool.shutdown(wait=True)
         self._reraise()
         return 1 if self._ran_bad else (130 if self._draining and self._hard_stop else 0)
 
-    def _read_claims(self) -> None:
+    def _read_claims(self, listed: list[str]) -> None:
+        """Note the newest claim of each module without a result (claims are read lazily)."""
         prefix = self.keys.claims
         newest: dict[str, int] = {}
-        for key in self.store.list(prefix):
-            module, _, number = key[len(prefix) :].partition("/")
-            if number.isdigit():
-                newest[module] = max(newest.get(module, 0), int(number))
+        for key in listed:
+            if key.startswith(prefix):
+                module, _, number = key[len(prefix) :].partition("/")
+                if number.isdigit():
+                    newest[module] = max(newest.get(module, 0), int(number))
         for module, attempt in newest.items():
             known = self._claims.get(module)
             if module in self.results.headers or (known is not None and known[0] == attempt):
@@ -281,8 +291,8 @@ class Worker:
                 claim = decode(Claim, data, key=self.keys.claim(module, attempt))
                 self._claims[module] = (attempt, claim)
 
-    def _read_cancel(self) -> None:
-        if self._cancel is not None:
+    def _read_cancel(self, listed: list[str] | None = None) -> None:
+        if self._cancel is not None or (listed is not None and self.keys.cancel not in listed):
             return
         data = self.store.get(self.keys.cancel)
         if data is None:
@@ -295,21 +305,21 @@ class Worker:
             if item.engine is not None:
                 item.engine.cancel(self._cancel.reason)
 
-    def _refresh_workers(self) -> None:
+    def _refresh_workers(self, listed: list[str]) -> None:
         """Registrations, deregistrations and heartbeats: who serves which slot, who is dead.
 
         Registrations and deregistrations never change once written: only new ones are read.
         """
-        self.liveness.refresh()
-        for key in self.store.list(self.keys.workers):
-            if key not in self._registrations:
+        self.liveness.refresh(listed)
+        for key in listed:
+            if key.startswith(self.keys.workers) and key not in self._registrations:
                 data = self.store.get(key)
                 if data is not None:
                     reg = decode(Registration, data, key=key)
                     self._registrations[key] = reg
                     self._slot_map.setdefault(reg.slot, reg.worker)
-        for key in self.store.list(self.keys.done):
-            if key not in self._finished:
+        for key in listed:
+            if key.startswith(self.keys.done) and key not in self._finished:
                 data = self.store.get(key)
                 if data is not None:
                     self._finished[key] = decode(Done, data, key=key).worker
@@ -369,7 +379,7 @@ class Worker:
             self._start(name, attempt, leases)
 
     def _waited_long_enough(self) -> bool:
-        return time.monotonic() - self._started > self.options.heartbeat_timeout
+        return time.monotonic() - self._started > self.heartbeat_timeout
 
     def _claim(self, name: str, attempt: int, takeover_from: str | None) -> bool:
         claim = Claim(

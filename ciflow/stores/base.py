@@ -67,6 +67,10 @@ class Store(ABC):
     url: str
     #: how long `wait` sleeps at most between polls, for backends that cannot push
     max_poll_interval: float = 0.25
+    #: how often a worker lists the run's whole namespace (liveness, claims, cancel record)
+    slow_poll: float = 0.25
+    #: how often a worker heartbeats by default (each beat is a create and a delete)
+    heartbeat_interval: float = 1.0
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -136,7 +140,8 @@ class Store(ABC):
 def open_store(url: str) -> Store:
     """Open the store for ``url``; the scheme picks the backend.
 
-    ``file://PATH`` (or a plain path) is the local or shared-folder store.
+    ``file://PATH`` (or a plain path) is the local or shared-folder store; ``github://[NS]`` the
+    artifacts of the current workflow run, ``github-cache://[NS]`` the Actions cache.
     """
     scheme, sep, _ = url.partition("://")
     if not sep:
@@ -146,7 +151,15 @@ def open_store(url: str) -> Store:
 
         store: Store = FileStore(url)
         return store
+    if scheme == "github":
+        from .github import GitHubArtifactStore
+
+        return GitHubArtifactStore(url)
+    if scheme == "github-cache":
+        from .github_cache import GitHubCacheStore
+
+        return GitHubCacheStore(url)
     raise UsageError(
-        f"unknown store URL {url!r}: ciflow supports file://PATH (GitHub, Redis and HTTP stores "
-        "are not implemented yet)"
+        f"unknown store URL {url!r}: ciflow supports file://PATH, github:// and github-cache:// "
+        "(Redis and HTTP stores are not implemented yet)"
     )
