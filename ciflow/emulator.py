@@ -733,6 +733,9 @@ class _Handler(BaseHTTPRequestHandler):
     _consumed = True
     server_version = "ciflow-github-emulator"
     timeout = 120
+    # headers and body go out in separate writes: without TCP_NODELAY every answer would wait
+    # for the client's delayed ACK (~40 ms a call)
+    disable_nagle_algorithm = True
 
     @property
     def emu(self) -> GitHubEmulator:
