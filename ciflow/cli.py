@@ -561,6 +561,16 @@ def worker(
         float,
         typer.Option("--plan-timeout", metavar="SECONDS", help="How long to wait for a plan."),
     ] = 600.0,
+    poll: Annotated[
+        float | None,
+        typer.Option(
+            "--poll",
+            min=0.001,
+            metavar="SECONDS",
+            help="How often to look at the store [default: the store's: 10 ms on file://, "
+            "2 s on github://]. Every look at github:// is an API call.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide command output.")] = False,
     debug: DebugOption = False,
 ) -> None:
@@ -580,6 +590,9 @@ def worker(
             )
         slot = job.slot
     target_store, keys = _open_run(store, run_id, required=True)
+    if poll is not None:
+        target_store.max_poll_interval = poll
+        target_store.slow_poll = 2.5 * poll
     if plan is not None:
         from .orchestrator import load_plan_file, publish_plan
 

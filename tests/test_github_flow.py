@@ -1,0 +1,119 @@
+"""The whole GitHub flow on one machine: the emulator, a plan job and 4 worker jobs.
+
+Every process gets the variables a runner gives a job of one workflow run (distinct job ids,
+one run id); they share nothing but the emulated artifact service behind ``github://``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ciflow.cli import app
+from ciflow.console import Console
+from ciflow.dryrun import start_workers, supervise
+from ciflow.emulator import Faults, GitHubEmulator
+from ciflow.layout import RunKeys
+from ciflow.outcome import Outcome
+from ciflow.pipeline import load_pipeline
+from ciflow.planner import RunnerPool, plan_pipeline
+from ciflow.results import read_run
+from ciflow.stores import open_store
+
+runner = CliRunner()
+RUN = "4242"
+RUN_ID = f"{RUN}-1"
+FAST = ["--heartbeat-interval", "0.3", "--heartbeat-timeout", "2", "--jobs", "2", "--poll", "0.2"]
+
+
+@pytest.fixture
+def emu() -> Iterator[GitHubEmulator]:
+    with GitHubEmulator("127.0.0.1", 0) as emulator:
+        yield emulator
+
+
+def github_run(
+    emu: GitHubEmulator,
+    file: Path,
+    tmp_path: Path,
+    *,
+    env_of: dict[int, dict[str, str]] | None = None,
+    kills: Any = (),
+) -> tuple[Any, list[int], str]:
+    """Plan job, then 4 worker jobs, then the summary job, as a workflow would run them."""
+    output = tmp_path / "github_output"
+    plan = runner.invoke(
+        app,
+        ["plan", "-f", str(file), "--workers", "4", "--store", "github://"],
+        env={**emu.env(RUN, "plan"), "GITHUB_OUTPUT": str(output)},
+    )
+    assert plan.exit_code == 0, plan.stderr
+    matrix = json.loads(output.read_text().splitlines()[0].removeprefix("matrix="))
+    assert [m["slot"] for m in matrix["include"]] == [0, 1, 2, 3]
+    envs = {k: {**emu.env(RUN, f"work-{k}"), **(env_of or {}).get(k, {})} for k in range(4)}
+    out = io.StringIO()
+    procs = start_workers(
+        4, pipeline_file=file, store_url="github://", run_id=RUN_ID, extra=FAST, env_of=envs
+    )
+    codes = supervise(procs, Console(out, live=False), kills)
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in emu.env(RUN, "summary").items():
+            mp.setenv(name, value)
+        store = open_store("github://")
+        result = read_run(store, RunKeys(RUN_ID), load_pipeline(file).order)
+    return result, codes, out.getvalue()
+
+
+def expected(file: Path) -> dict[str, tuple[Outcome | None, bytes | None]]:
+    from ciflow.engine import Engine
+
+    run = Engine(
+        load_pipeline(file),
+        console=Console(io.StringIO(), live=False),
+        handle_signals=False,
+        keep_going=True,
+    ).run()
+    return {r.name: (r.outcome, r.result) for r in run.records}
+
+
+def test_github_flow_matches_a_local_run(
+    emu: GitHubEmulator, pipelines: Path, tmp_path: Path
+) -> None:
+    file = pipelines / "distributed.py"
+    result, codes, out = github_run(emu, file, tmp_path)
+    assert codes == [0, 0, 0, 0], out
+    assert {r.name: (r.outcome, r.result) for r in result.records} == expected(file)
+    calls = sum(emu.calls.values())
+    assert calls > 0 and emu.calls.get("CreateArtifact", 0) >= len(result.records)
+
+
+def test_github_flow_survives_a_killed_worker(
+    emu: GitHubEmulator, pipelines: Path, tmp_path: Path
+) -> None:
+    file = pipelines / "distributed.py"
+    owner = plan_pipeline(load_pipeline(file), [RunnerPool(count=4)]).slot_of("unit_a")
+    assert owner is not None
+    result, codes, out = github_run(
+        emu, file, tmp_path, env_of={owner: {"CIFLOW_FAILPOINT": "before-result:unit_a"}}
+    )
+    assert codes[owner] == -signal.SIGKILL, out
+    assert {r.name: (r.outcome, r.result) for r in result.records} == expected(file)
+    unit_a = next(r for r in result.records if r.name == "unit_a")
+    assert unit_a.attempts == 2 and unit_a.slot != owner
+
+
+def test_github_flow_with_429s_and_5xx(
+    emu: GitHubEmulator, pipelines: Path, tmp_path: Path
+) -> None:
+    emu.faults = Faults(rate=0.15, kinds={"429", "500", "503"}, seed=7, retry_after=1)
+    file = pipelines / "distributed.py"
+    result, codes, out = github_run(emu, file, tmp_path)
+    assert codes == [0, 0, 0, 0], out
+    assert {r.name: (r.outcome, r.result) for r in result.records} == expected(file)
