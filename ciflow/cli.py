@@ -592,6 +592,7 @@ def worker(
     target_store, keys = _open_run(store, run_id, required=True)
     if poll is not None:
         target_store.max_poll_interval = poll
+        target_store.min_poll_interval = min(target_store.min_poll_interval, poll)
         target_store.slow_poll = 2.5 * poll
     if plan is not None:
         from .orchestrator import load_plan_file, publish_plan

@@ -111,10 +111,10 @@ def render_status(store: Store, keys: RunKeys) -> str:
         lines.append(f"  slot {reg.slot}: {reg.worker} ({reg.os}/{reg.arch}) {state}")
     cache = ResultCache(store, keys)
     cache.refresh()
-    order = plan_order(store, keys) or sorted(cache.headers)
+    order = plan_order(store, keys) or sorted(cache.present)
     by_outcome: dict[str, list[str]] = {}
     for name in order:
-        header = cache.headers.get(name)
+        header = cache.load(name) if name in cache.present else None
         by_outcome.setdefault(header.outcome if header else "pending", []).append(name)
     lines.append("modules: " + ", ".join(f"{len(v)} {k}" for k, v in by_outcome.items()))
     for name in order:

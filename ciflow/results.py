@@ -32,6 +32,7 @@ def publish_result(
     workdir: Path,
     outputs: Iterable[str] = (),
     failpoint: Callable[[], None] | None = None,
+    cache: ResultCache | None = None,
 ) -> bool:
     """Upload outputs (if the module succeeded and declared any), then the result.
 
@@ -67,20 +68,28 @@ def publish_result(
         payload_size=0,
         outputs=shipped,  # type: ignore[arg-type]
     )
-    return store.create(keys.result(record.name), encode_result(header, payload))
+    written = store.create(keys.result(record.name), encode_result(header, payload))
+    if written and cache is not None:
+        cache.remember(record.name, header, payload)
+    return written
 
 
 class ResultCache:
-    """Result headers and payloads read so far (results never change once written)."""
+    """Which modules have a result, and the results read so far (they never change).
+
+    `refresh` only notes which results exist (from a listing); a result is downloaded the first
+    time its outcome or value is asked for, so a worker reads only what it acts on.
+    """
 
     def __init__(self, store: Store, keys: RunKeys) -> None:
         self.store = store
         self.keys = keys
+        self.present: set[str] = set()
         self.headers: dict[str, ResultHeader] = {}
         self.payloads: dict[str, bytes] = {}
 
     def refresh(self, listed: list[str] | None = None) -> list[str]:
-        """Read results that appeared since the last call; return their module names.
+        """Note results that appeared since the last call; return their module names.
 
         ``listed`` is a fresh listing of the results prefix, if the caller has one.
         """
@@ -88,26 +97,44 @@ class ResultCache:
         prefix = self.keys.results
         for key in self.store.list(prefix) if listed is None else listed:
             module = key[len(prefix) :]
-            if module in self.headers or "/" in module:
-                continue
-            data = self.store.get(key)
-            if data is None:
-                continue
-            header, payload = decode_result(data, key=key)
-            self.headers[module] = header
-            self.payloads[module] = payload
-            new.append(module)
+            if module and "/" not in module and module not in self.present:
+                self.present.add(module)
+                new.append(module)
         return new
 
-    def outcome(self, module: str) -> Outcome | None:
+    def load(self, module: str) -> ResultHeader:
+        """The header of ``module``'s result, downloading the record the first time."""
         header = self.headers.get(module)
-        return None if header is None else Outcome(header.outcome)
+        if header is not None:
+            return header
+        key = self.keys.result(module)
+        data = self.store.get(key)
+        if data is None:
+            raise StoreError(f"result {key} was listed but cannot be read; check the store")
+        header, payload = decode_result(data, key=key)
+        self.remember(module, header, payload)
+        return header
+
+    def remember(self, module: str, header: ResultHeader, payload: bytes) -> None:
+        """Keep a result this process wrote or read, so it is never downloaded again."""
+        self.present.add(module)
+        self.headers[module] = header
+        self.payloads[module] = payload
+
+    def payload(self, module: str) -> bytes:
+        self.load(module)
+        return self.payloads[module]
+
+    def outcome(self, module: str) -> Outcome | None:
+        if module not in self.present:
+            return None
+        return Outcome(self.load(module).outcome)
 
     def restore_outputs(self, module: str, workdir: Path) -> int:
         """Download and unpack ``module``'s shipped outputs into ``workdir``; files restored."""
         from .archive import unpack_outputs
 
-        header = self.headers[module]
+        header = self.load(module)
         count = 0
         for item in header.outputs:
             with tempfile.TemporaryDirectory(prefix="ciflow-in-") as tmp:
@@ -127,10 +154,10 @@ def read_run(store: Store, keys: RunKeys, order: Iterable[str]) -> RunResult:
     cache.refresh()
     records = []
     for name in order:
-        header = cache.headers.get(name)
-        if header is None:
+        if name not in cache.present:
             records.append(ModuleRecord(name))
             continue
+        header = cache.load(name)
         records.append(
             ModuleRecord(
                 name=name,

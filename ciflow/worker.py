@@ -28,7 +28,7 @@ from .console import Console
 from .engine import Engine
 from .errors import CiflowError, RequirementError
 from .layout import RunKeys
-from .messages import CancelRecord, Claim, Done, Lease, Registration, decode, encode
+from .messages import CancelRecord, Claim, Done, Lease, decode, encode
 from .outcome import ModuleRecord, Outcome, dependency_verdict
 from .pipeline import Pipeline, Selection
 from .planner import DistributedExecutionPlan
@@ -85,6 +85,12 @@ def _parse_plan(data: bytes, key: str) -> DistributedExecutionPlan:
 
 
 _FAILING = (Outcome.FAILED, Outcome.TIMED_OUT)
+
+
+def _slot_of(worker: str) -> int | None:
+    """The slot in a worker id made by `new_worker_id` (``s<slot>-...``), or None."""
+    head = worker.partition("-")[0]
+    return int(head[1:]) if head[:1] == "s" and head[1:].isdigit() else None
 
 
 def _failpoint(point: str, module: str) -> None:
@@ -148,9 +154,10 @@ class Worker:
         self._started = time.monotonic()
         self._errors: list[BaseException] = []
         self._slot_map: dict[int, str] = {}
-        self._registrations: dict[str, Registration] = {}
+        self._registrations: dict[str, str] = {}  # registration key -> worker id
         self._finished: dict[str, str] = {}  # done key -> worker
         self._ready_since: dict[str, float] = {}
+        self._claim_attempts: dict[str, int] = {}  # module -> newest claimed attempt listed
         self._dead: set[str] = set()
 
     # ------------------------------------------------------------------ public
@@ -249,7 +256,7 @@ class Worker:
         while True:
             self._reraise()
             changed = self.results.refresh(listed)
-            if all(n in self.results.headers for n in names):
+            if all(n in self.results.present for n in names):
                 break
             now = time.monotonic()
             if now >= next_slow:  # the slow cadence: one listing of the run's whole namespace
@@ -266,7 +273,7 @@ class Worker:
                 self._act(order, owner, position)
             elif not self._running:
                 break  # drained: hand back what is left and leave
-            known = {self.keys.result(n) for n in self.results.headers}
+            known = {self.keys.result(n) for n in self.results.present}
             wait = min(self.slow_poll, max(0.0, next_slow - time.monotonic()))
             listed = self.store.wait(self.keys.results, known, wait)
         self._pool.shutdown(wait=True)
@@ -282,9 +289,12 @@ class Worker:
                 module, _, number = key[len(prefix) :].partition("/")
                 if number.isdigit():
                     newest[module] = max(newest.get(module, 0), int(number))
+        self._claim_attempts = newest
+        if not self._dead:
+            return  # who holds a claim only matters for taking over from a dead worker
         for module, attempt in newest.items():
             known = self._claims.get(module)
-            if module in self.results.headers or (known is not None and known[0] == attempt):
+            if module in self.results.present or (known is not None and known[0] == attempt):
                 continue
             data = self.store.get(self.keys.claim(module, attempt))
             if data is not None:
@@ -311,39 +321,48 @@ class Worker:
         Registrations and deregistrations never change once written: only new ones are read.
         """
         self.liveness.refresh(listed)
-        for key in listed:
+        for key in listed:  # worker ids carry their slot ("s<slot>-host-pid"): no reads needed
             if key.startswith(self.keys.workers) and key not in self._registrations:
-                data = self.store.get(key)
-                if data is not None:
-                    reg = decode(Registration, data, key=key)
-                    self._registrations[key] = reg
-                    self._slot_map.setdefault(reg.slot, reg.worker)
-        for key in listed:
-            if key.startswith(self.keys.done) and key not in self._finished:
-                data = self.store.get(key)
-                if data is not None:
-                    self._finished[key] = decode(Done, data, key=key).worker
-        workers = [r.worker for r in self._registrations.values()]
+                worker = key[len(self.keys.workers) :]
+                slot = _slot_of(worker)
+                self._registrations[key] = worker
+                if slot is not None:
+                    self._slot_map.setdefault(slot, worker)
+            elif key.startswith(self.keys.done) and key not in self._finished:
+                self._finished[key] = key[len(self.keys.done) :]
+        workers = list(self._registrations.values())
         self._dead = self.liveness.dead(workers, self._finished.values())
 
     def _act(self, order: list[str], owner: dict[str, int], position: dict[str, int]) -> None:
         slot_workers = self._slot_map
         dead = self._dead
         for name in order:
-            if name in self.results.headers or name in self._running:
+            if name in self.results.present or name in self._running:
                 continue
             mod = self.pipeline.modules[name]
             required = [d.name for d in mod.depends_on if not d.optional]
             optional = [d.name for d in mod.depends_on if d.optional and d.name in position]
-            if any(d not in self.results.headers for d in required + optional):
+            if any(d not in self.results.present for d in required + optional):
                 continue  # not ready yet
             claim = self._claims.get(name)
+            listed = self._claim_attempts.get(name, 0)
             attempt = 1
             takeover_from = None
-            if claim is not None:
+            if claim is not None and claim[0] >= listed:
                 if claim[1].worker not in dead:
                     continue  # someone is on it
                 attempt, takeover_from = claim[0] + 1, claim[1].worker
+            elif listed:
+                continue  # claimed by someone not known to be dead (read only when one is)
+            mine = owner.get(name) == self.options.slot
+            if not mine and takeover_from is None:
+                ready_since = self._ready_since.setdefault(name, time.monotonic())
+                if time.monotonic() - ready_since < self.options.steal_delay:
+                    continue  # give its own slot a moment to take it
+                owner_worker = slot_workers.get(owner.get(name, -1))
+                owner_gone = owner_worker is None and self._waited_long_enough()
+                if not (self.options.steal or owner_gone or owner_worker in dead):
+                    continue
             verdict = dependency_verdict({d: self.results.outcome(d) for d in required})  # type: ignore[misc]
             stopped = self._cancel is not None and not self.options.keep_going
             if (verdict is not None or stopped) and not mod.always_run:
@@ -356,15 +375,6 @@ class Worker:
                 mod.alone and self._running
             ):
                 continue  # not_in_parallel=True: nothing else on this worker meanwhile
-            mine = owner.get(name) == self.options.slot
-            if not mine and takeover_from is None:
-                ready_since = self._ready_since.setdefault(name, time.monotonic())
-                if time.monotonic() - ready_since < self.options.steal_delay:
-                    continue  # give its own slot a moment to take it
-                owner_worker = slot_workers.get(owner.get(name, -1))
-                owner_gone = owner_worker is None and self._waited_long_enough()
-                if not (self.options.steal or owner_gone or owner_worker in dead):
-                    continue
             if mod.requires.missing(self.caps):
                 continue
             leases = self._take_leases(name, attempt, mod, dead)
@@ -410,7 +420,7 @@ class Worker:
         self.console.module_finished(record)
         publish_result(
             self.store, self.keys, record, attempt=attempt, worker=self.worker_id,
-            slot=self.options.slot, workdir=self.options.workdir,
+            slot=self.options.slot, workdir=self.options.workdir, cache=self.results,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ leases
@@ -472,12 +482,12 @@ class Worker:
             mod = self.pipeline.modules[name]
             provided: dict[str, Any] = {}
             for dep in mod.depends_on:
-                if dep.name not in self.results.headers:
+                if dep.name not in self.results.present:
                     continue
                 if self.results.outcome(dep.name) in (Outcome.SUCCEEDED, Outcome.CACHED):
                     binding = self.pipeline.bindings[dep.name].result
-                    provided[dep.name] = binding.decode(self.results.payloads[dep.name], dep.name)
-                if dep.name not in self._restored and self.results.headers[dep.name].outputs:
+                    provided[dep.name] = binding.decode(self.results.payload(dep.name), dep.name)
+                if dep.name not in self._restored and self.results.load(dep.name).outputs:
                     count = self.results.restore_outputs(dep.name, self.options.workdir)
                     self._restored.add(dep.name)
                     self._say(f"restored {count} output file(s) of {dep.name}")
@@ -509,7 +519,7 @@ class Worker:
             written = publish_result(
                 self.store, self.keys, record, attempt=item.attempt, worker=self.worker_id,
                 slot=self.options.slot, workdir=self.options.workdir, outputs=mod.outputs,
-                failpoint=lambda: _failpoint("after-outputs", name),
+                failpoint=lambda: _failpoint("after-outputs", name), cache=self.results,
             )  # fmt: skip
             if not written:
                 self._say(f"{name}: a result of another attempt was first; this one is dropped")

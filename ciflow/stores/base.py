@@ -67,6 +67,8 @@ class Store(ABC):
     url: str
     #: how long `wait` sleeps at most between polls, for backends that cannot push
     max_poll_interval: float = 0.25
+    #: the first pause of `wait` (it doubles up to `max_poll_interval`)
+    min_poll_interval: float = 0.005
     #: how often a worker lists the run's whole namespace (liveness, claims, cancel record)
     slow_poll: float = 0.25
     #: how often a worker heartbeats by default (each beat is a create and a delete)
@@ -115,7 +117,7 @@ class Store(ABC):
         backoff; backends that can push (Redis, HTTP long-poll) override it to wake at once.
         """
         deadline = time.monotonic() + timeout
-        delay = 0.005
+        delay = min(self.min_poll_interval, self.max_poll_interval)
         while True:
             keys = self.list(prefix)
             if any(k not in known for k in keys):

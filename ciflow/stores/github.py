@@ -735,6 +735,7 @@ class GitHubArtifactStore(Store):
 
     #: the results service is rate limited: poll at most every 2 s
     max_poll_interval = 2.0
+    min_poll_interval = 2.0  # every look is an API call: no quick first polls
     #: a worker lists the run (1 call) this often
     slow_poll = 5.0
     #: a beat is a create and a delete (6 calls and one artifact): every 30 s, stale after 120 s
@@ -753,6 +754,7 @@ class GitHubArtifactStore(Store):
         self.namespace = parse_namespace(url, "github")
         self.prefix = name_prefix(self.namespace)
         self.runtime = runtime_from_env(os.environ if env is None else env, "github")
+        self._listed: dict[str, Entry] = {}  # name -> earliest finalized entry, last listing
         self.http = GitHubHttp(
             self.runtime, ARTIFACT_SERVICE, self.stats.add, sleep=sleep,
             max_attempts=max_attempts, session=session, label="github store",
@@ -913,16 +915,19 @@ class GitHubArtifactStore(Store):
 
     def _download(self, key: str, sink_factory: Callable[[], Callable[[bytes], object]]) -> bool:
         name = self._name(key)
-        entries = self._entries(name)
-        if not entries:
-            return False
-        winner = entries[0]
+        winner = self._listed.get(name)  # from the last full listing: saves a ListArtifacts
+        if winner is None:
+            entries = self._entries(name)
+            if not entries:
+                return False
+            winner = entries[0]
         try:
             resp, _ = self.http.rpc(
                 "GetSignedArtifactURL", {**self._ids(winner.job_id), "name": name}
             )
         except TwirpError as exc:
             if exc.not_found:
+                self._listed.pop(name, None)
                 return False  # deleted since the listing
             raise
         url = get_field(resp, "signed_url")
@@ -988,7 +993,10 @@ class GitHubArtifactStore(Store):
     def list(self, prefix: str) -> list[str]:
         """Sorted keys starting with ``prefix`` (one ListArtifacts call sees every job's)."""
         self.stats.add("list")
-        keys = {key_from_name(e.name, self.prefix) for e in self._entries()}
+        entries = self._entries()
+        for entry in reversed(entries):  # earliest last: the winner of each name stays
+            self._listed[entry.name] = entry
+        keys = {key_from_name(e.name, self.prefix) for e in entries}
         return sorted(k for k in keys if k is not None and k.startswith(prefix))
 
     def delete(self, key: str) -> None:
@@ -999,6 +1007,7 @@ class GitHubArtifactStore(Store):
         """
         name = self._name(key)
         self.stats.add("delete")
+        self._listed.pop(name, None)
         entries = self._entries(name)
         if entries:
             self._delete_entry(name, entries[0].job_id)
