@@ -730,7 +730,66 @@ def _name_lock(*ident: str) -> Iterator[None]:
 Pieces = Callable[[], Iterable[bytes | memoryview]]
 
 
-class GitHubArtifactStore(Store):
+class DownloadingStore(Store):
+    """`get` and `get_to_file` for stores whose values are downloaded from a signed URL.
+
+    A subclass implements ``_download(key, sink_factory)``: find the value, stream it into the
+    writer the factory returns (called again to restart after a retry), True if found.
+    """
+
+    def _download(self, key: str, sink_factory: Callable[[], Callable[[bytes], object]]) -> bool:
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None if absent."""
+        check_key(key)
+        self.stats.add("get")
+        box: list[io.BytesIO] = []
+
+        def sink() -> Callable[[bytes], object]:
+            box[:] = [io.BytesIO()]
+            return box[0].write
+
+        if not self._download(key, sink):
+            return None
+        return box[0].getvalue()
+
+    def get_to_file(self, key: str, path: Path) -> bool:
+        """Stream the value of ``key`` into ``path`` (replaced when complete); False if absent."""
+        check_key(key)
+        self.stats.add("get_to_file")
+        path = Path(path)
+        tmp = path.with_name(f".{path.name[:120]}.part~{secrets.token_hex(8)}")
+        handle: list[BinaryIO] = []
+        try:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle.append(open(tmp, "xb"))
+            except OSError as exc:
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            fh = handle[0]
+
+            def sink() -> Callable[[bytes], object]:
+                fh.seek(0)
+                fh.truncate()
+                return fh.write
+
+            if not self._download(key, sink):
+                return False
+            fh.close()
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            return True
+        finally:
+            for fh in handle:
+                fh.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+class GitHubArtifactStore(DownloadingStore):
     """A store in the artifacts of the current workflow run, shared by all its jobs."""
 
     #: the results service is rate limited: poll at most every 2 s
@@ -939,54 +998,6 @@ class GitHubArtifactStore(Store):
             return True
 
         return bool(self.http.download(url, consume))
-
-    def get(self, key: str) -> bytes | None:
-        """The value of ``key`` (the earliest finalized artifact of its name), or None."""
-        check_key(key)
-        self.stats.add("get")
-        box: list[io.BytesIO] = []
-
-        def sink() -> Callable[[bytes], object]:
-            box[:] = [io.BytesIO()]
-            return box[0].write
-
-        if not self._download(key, sink):
-            return None
-        return box[0].getvalue()
-
-    def get_to_file(self, key: str, path: Path) -> bool:
-        """Stream the value of ``key`` into ``path`` (replaced when complete); False if absent."""
-        check_key(key)
-        self.stats.add("get_to_file")
-        path = Path(path)
-        tmp = path.with_name(f".{path.name[:120]}.part~{secrets.token_hex(8)}")
-        handle: list[BinaryIO] = []
-        try:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handle.append(open(tmp, "xb"))
-            except OSError as exc:
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            fh = handle[0]
-
-            def sink() -> Callable[[bytes], object]:
-                fh.seek(0)
-                fh.truncate()
-                return fh.write
-
-            if not self._download(key, sink):
-                return False
-            fh.close()
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            return True
-        finally:
-            for fh in handle:
-                fh.close()
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
     # -- list / delete / close ------------------------------------------------------------------
 

@@ -30,23 +30,21 @@ get = GetCacheEntryDownloadURL + download (1 if absent).
 from __future__ import annotations
 
 import builtins
-import contextlib
 import hashlib
-import io
 import os
-import secrets
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import requests
 
 from ..errors import UsageError
-from .base import Store, StoreError, StoreUnavailable, check_key
+from .base import StoreError, StoreUnavailable, check_key
 from .github import (
     CHUNK,
     MAX_ATTEMPTS,
+    DownloadingStore,
     GitHubHttp,
     TwirpError,
     get_field,
@@ -68,7 +66,7 @@ def _denied(message: str) -> bool:
     return "denied" in message.lower()
 
 
-class GitHubCacheStore(Store):
+class GitHubCacheStore(DownloadingStore):
     """A store in the repository's GitHub Actions cache: create-once values, no listing."""
 
     #: only `wait` polls, and it cannot list here; kept in line with the artifact store
@@ -202,54 +200,6 @@ class GitHubCacheStore(Store):
             return True
 
         return bool(self.http.download(str(url), consume))
-
-    def get(self, key: str) -> bytes | None:
-        """The value of ``key`` (exact cache key match only), or None."""
-        check_key(key)
-        self.stats.add("get")
-        box: list[io.BytesIO] = []
-
-        def sink() -> Callable[[bytes], object]:
-            box[:] = [io.BytesIO()]
-            return box[0].write
-
-        if not self._download(key, sink):
-            return None
-        return box[0].getvalue()
-
-    def get_to_file(self, key: str, path: Path) -> bool:
-        """Stream the value of ``key`` into ``path`` (replaced when complete); False if absent."""
-        check_key(key)
-        self.stats.add("get_to_file")
-        path = Path(path)
-        tmp = path.with_name(f".{path.name[:120]}.part~{secrets.token_hex(8)}")
-        handle: list[BinaryIO] = []
-        try:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handle.append(open(tmp, "xb"))
-            except OSError as exc:
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            fh = handle[0]
-
-            def sink() -> Callable[[bytes], object]:
-                fh.seek(0)
-                fh.truncate()
-                return fh.write
-
-            if not self._download(key, sink):
-                return False
-            fh.close()
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            return True
-        finally:
-            for fh in handle:
-                fh.close()
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
     # -- what the cache service cannot do ---------------------------------------------------------
 
