@@ -546,7 +546,7 @@ def run_gib(size: int, data: str, tmp: Path) -> GibFigures:
         raise SystemExit(f"error: 1 GiB run: worker exit codes {codes}")
     cache = ResultCache(store, keys)
     cache.refresh()
-    head = cache.headers["produce"]
+    head = cache.load("produce")
     archive = sum(o.size for o in head.outputs)
     result_path = work / "store" / "runs" / keys.run_id / "results" / "produce"
     st = result_path.stat()
@@ -564,7 +564,7 @@ def run_gib(size: int, data: str, tmp: Path) -> GibFigures:
         ship_s=st.st_mtime - marks["produce"]["end"],
         restore_s=marks["consume"]["start"] - st.st_ctime,
         total_s=total,
-        slots={"produce": head.slot, "consume": cache.headers["consume"].slot},
+        slots={"produce": head.slot, "consume": cache.load("consume").slot},
     )
     shutil.rmtree(work, ignore_errors=True)
     return figures
