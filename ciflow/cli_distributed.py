@@ -136,7 +136,7 @@ def plan_(
 
     target = None
     if store is not None or wait_for_workers is not None:
-        target = _open_run(store, run_id, required=True)
+        target = _open_run(store, run_id)
     if wait_for_workers is not None:
         assert target is not None
         from .orchestrator import wait_for_registrations
@@ -203,7 +203,7 @@ def plan_(
             ) from None
 
 
-def _open_run(store: str | None, run_id: str | None, *, required: bool) -> "tuple[Store, RunKeys]":
+def _open_run(store: str | None, run_id: str | None) -> "tuple[Store, RunKeys]":
     from .layout import RunKeys
     from .stores import open_store
 
@@ -312,7 +312,7 @@ def worker(
                 "GitLab parallel:, Kubernetes Indexed Jobs, CircleCI, Buildkite)"
             )
         slot = job.slot
-    target_store, keys = _open_run(store, run_id, required=True)
+    target_store, keys = _open_run(store, run_id)
     if poll is not None:
         target_store.max_poll_interval = poll
         target_store.min_poll_interval = min(target_store.min_poll_interval, poll)
@@ -459,7 +459,7 @@ def summary(
     """Render a distributed run's summary (and JSON report) from the store."""
     from .console import Console
 
-    target, keys = _open_run(store, run_id, required=True)
+    target, keys = _open_run(store, run_id)
     raise typer.Exit(_render_run(target, keys, Console(), report, None))
 
 
@@ -468,7 +468,7 @@ def status(store: StoreOption = None, run_id: RunIdOption = None) -> None:
     """Show a run's workers with liveness, modules by outcome, and who ran what."""
     from .orchestrator import render_status
 
-    target, keys = _open_run(store, run_id, required=True)
+    target, keys = _open_run(store, run_id)
     typer.echo(render_status(target, keys))
 
 

@@ -54,9 +54,18 @@ STORAGE_VERSION = "2025-05-05"
 _CHUNK = 1 << 20
 _MAX_RPC_BODY = 4 << 20
 _TWIRP_STATUS = {
-    "invalid_argument": 400, "malformed": 400, "out_of_range": 400, "unauthenticated": 401,
-    "permission_denied": 403, "not_found": 404, "bad_route": 404, "already_exists": 409,
-    "aborted": 409, "failed_precondition": 412, "resource_exhausted": 429, "internal": 500,
+    "invalid_argument": 400,
+    "malformed": 400,
+    "out_of_range": 400,
+    "unauthenticated": 401,
+    "permission_denied": 403,
+    "not_found": 404,
+    "bad_route": 404,
+    "already_exists": 409,
+    "aborted": 409,
+    "failed_precondition": 412,
+    "resource_exhausted": 429,
+    "internal": 500,
     "unavailable": 503,
 }
 
@@ -229,8 +238,12 @@ class _BlobStore:
                             _copy(src, out, size)
                     else:
                         tmp.unlink(missing_ok=True)
-                        raise BlobError(400, "InvalidBlockList", "The specified block list is "
-                                        f"invalid: block {block_id!r} ({kind}) not found.")
+                        raise BlobError(
+                            400,
+                            "InvalidBlockList",
+                            "The specified block list is "
+                            f"invalid: block {block_id!r} ({kind}) not found.",
+                        )
                     new_blocks.append((block_id, size))
             self._replace(blob, tmp, new_blocks)
             blob.content_type = content_type or blob.content_type
@@ -254,8 +267,9 @@ class _BlobStore:
             if blob.path is None:
                 raise TwirpError("failed_precondition", "no content was committed to the blob")
             if blob.size != size:
-                raise TwirpError("invalid_argument",
-                                 f"size {size} does not match the uploaded {blob.size} bytes")
+                raise TwirpError(
+                    "invalid_argument", f"size {size} does not match the uploaded {blob.size} bytes"
+                )
             if sha256 is not None:
                 digest = hashlib.sha256()
                 with open(blob.path, "rb") as src:
@@ -359,8 +373,9 @@ class GitHubEmulator:
     operation; ``faults`` injects errors and latency.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
-                 data_dir: Path | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, data_dir: Path | None = None
+    ) -> None:
         self.host, self.port = host, port
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.artifact_limit = ARTIFACT_LIMIT_PER_JOB
@@ -406,8 +421,12 @@ class GitHubEmulator:
         self._server = server_cls((self.host, self.port), _Handler)
         self._server.emulator = self
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="ciflow-github-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(0.05,),
+            name="ciflow-github-emulator",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -430,8 +449,12 @@ class GitHubEmulator:
     def __enter__(self) -> GitHubEmulator:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     @property
@@ -448,10 +471,13 @@ class GitHubEmulator:
         now = int(time.time())
         claims = {
             "scp": f"Actions.GenericRead:00000000-0000-0000-0000-000000000000 "
-                   f"Actions.UploadArtifacts:{run}:{job} Actions.Results:{run}:{job}",
+            f"Actions.UploadArtifacts:{run}:{job} Actions.Results:{run}:{job}",
             "ac": json.dumps([{"Scope": "refs/heads/main", "Permission": 3}]),
-            "iss": "ciflow-github-emulator", "aud": "vso:ciflow-github-emulator",
-            "nbf": now - 60, "iat": now - 60, "exp": now + 24 * 3600,
+            "iss": "ciflow-github-emulator",
+            "aud": "vso:ciflow-github-emulator",
+            "nbf": now - 60,
+            "iat": now - 60,
+            "exp": now + 24 * 3600,
         }
         head = _b64url(b'{"typ":"JWT","alg":"HS256"}')
         body = _b64url(json.dumps(claims, separators=(",", ":")).encode())
@@ -481,7 +507,8 @@ class GitHubEmulator:
             head, body, sig = tok.strip().split(".")
             want = hmac.new(self._secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
             if json.loads(_unb64url(head)).get("alg") != "HS256" or not hmac.compare_digest(
-                    _unb64url(sig), want):
+                _unb64url(sig), want
+            ):
                 raise ValueError("bad signature")
             claims = json.loads(_unb64url(body))
             if float(claims.get("exp", 0)) < time.time():
@@ -554,14 +581,20 @@ class GitHubEmulator:
         except (ValueError, TypeError):
             good = False
         if not good:
-            raise BlobError(403, "AuthenticationFailed", "Server failed to authenticate the "
-                            "request. Make sure the value of the signature is formed correctly.")
+            raise BlobError(
+                403,
+                "AuthenticationFailed",
+                "Server failed to authenticate the "
+                "request. Make sure the value of the signature is formed correctly.",
+            )
         if int(expiry) < time.time():
             raise BlobError(403, "AuthenticationFailed", "Signed expiry time has passed.")
         if need not in perm:
-            raise BlobError(403, "AuthorizationPermissionMismatch",
-                            "This request is not authorized to perform this operation using "
-                            "this permission.")
+            raise BlobError(
+                403,
+                "AuthorizationPermissionMismatch",
+                "This request is not authorized to perform this operation using this permission.",
+            )
 
     @property
     def _store(self) -> _BlobStore:
@@ -574,8 +607,9 @@ class GitHubEmulator:
         run = req.text("workflow_run_backend_id")
         job = req.text("workflow_job_run_backend_id")
         if run != who[0] or (same_job and job != who[1]):
-            raise TwirpError("permission_denied",
-                             "the backend ids do not match the ACTIONS_RUNTIME_TOKEN")
+            raise TwirpError(
+                "permission_denied", "the backend ids do not match the ACTIONS_RUNTIME_TOKEN"
+            )
         return run, job
 
     def _create_artifact(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
@@ -583,18 +617,24 @@ class GitHubEmulator:
         name = req.text("name")
         bad = sorted({repr(c) for c in INVALID_NAME_CHARS if c in name})
         if bad:
-            raise TwirpError("invalid_argument", f"artifact name {name!r} contains invalid "
-                             f"characters: {', '.join(bad)}")
+            raise TwirpError(
+                "invalid_argument",
+                f"artifact name {name!r} contains invalid characters: {', '.join(bad)}",
+            )
         mime = req.opt_text("mime_type") or "application/zip"
         expires, _ = req.stamp("expires_at"), req.integer("version")
         with self._lock:
             run_artifacts = self._artifacts.setdefault(run, {})
             if name in run_artifacts:
-                raise TwirpError("already_exists",
-                                 "an artifact with this name already exists on the workflow run")
+                raise TwirpError(
+                    "already_exists",
+                    "an artifact with this name already exists on the workflow run",
+                )
             if sum(a.job == job for a in run_artifacts.values()) >= self.artifact_limit:
-                raise TwirpError("failed_precondition", f"the job has reached the limit of "
-                                 f"{self.artifact_limit} artifacts")
+                raise TwirpError(
+                    "failed_precondition",
+                    f"the job has reached the limit of {self.artifact_limit} artifacts",
+                )
             art_id = next(self._next_id)
             zipped = mime == "application/zip"
             key = f"actions-results/{art_id}-{secrets.token_hex(8)}" + (".zip" * zipped)
@@ -627,15 +667,27 @@ class GitHubEmulator:
         run, _ = self._ids(who, req, same_job=False)
         name, art_id, now = req.opt_text("name_filter"), req.integer("id_filter"), time.time()
         with self._lock:
-            found = sorted((a for a in self._artifacts.get(run, {}).values()
-                            if a.finalized and (a.expires is None or a.expires > now)
-                            and (name is None or a.name == name)
-                            and (art_id is None or a.id == art_id)), key=lambda a: a.id)
+            found = sorted(
+                (
+                    a
+                    for a in self._artifacts.get(run, {}).values()
+                    if a.finalized
+                    and (a.expires is None or a.expires > now)
+                    and (name is None or a.name == name)
+                    and (art_id is None or a.id == art_id)
+                ),
+                key=lambda a: a.id,
+            )
         out = []
         for a in found:
-            item = {"workflow_run_backend_id": a.run, "workflow_job_run_backend_id": a.job,
-                    "database_id": str(a.id), "name": a.name, "size": str(a.size),
-                    "created_at": _rfc3339(a.created)}
+            item = {
+                "workflow_run_backend_id": a.run,
+                "workflow_job_run_backend_id": a.job,
+                "database_id": str(a.id),
+                "name": a.name,
+                "size": str(a.size),
+                "created_at": _rfc3339(a.created),
+            }
             if a.digest:
                 item["digest"] = a.digest
             out.append(item)
@@ -662,10 +714,17 @@ class GitHubEmulator:
             raise TwirpError("invalid_argument", "key must be at most 512 characters, no commas")
         with self._lock:
             if (key, version) in self._caches:
-                raise TwirpError("already_exists",
-                                 "cache entry with the same key, version, and scope already exists")
-            entry = _CacheEntry(next(self._next_id), key, version,
-                                f"actions-cache/{secrets.token_hex(12)}", time.time())
+                raise TwirpError(
+                    "already_exists",
+                    "cache entry with the same key, version, and scope already exists",
+                )
+            entry = _CacheEntry(
+                next(self._next_id),
+                key,
+                version,
+                f"actions-cache/{secrets.token_hex(12)}",
+                time.time(),
+            )
             self._store.create(entry.blob, "application/octet-stream")
             self._caches[(key, version)] = entry
         return {"ok": True, "signed_upload_url": self._signed_url(entry.blob, "cw")}
@@ -688,19 +747,26 @@ class GitHubEmulator:
     def _cache_download_url(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
         key, version, restore = req.text("key"), req.text("version"), req.texts("restore_keys")
         with self._lock:
-            saved = sorted((e for e in self._caches.values()
-                            if e.finalized and e.version == version),
-                           key=lambda e: (e.created, e.id), reverse=True)
+            saved = sorted(
+                (e for e in self._caches.values() if e.finalized and e.version == version),
+                key=lambda e: (e.created, e.id),
+                reverse=True,
+            )
         for wanted in [key, *restore]:
             hit = next((e for e in saved if e.key == wanted), None) or next(
-                (e for e in saved if e.key.startswith(wanted)), None)
+                (e for e in saved if e.key.startswith(wanted)), None
+            )
             if hit is not None:
-                return {"ok": True, "signed_download_url": self._signed_url(hit.blob, "r"),
-                        "matched_key": hit.key}
+                return {
+                    "ok": True,
+                    "signed_download_url": self._signed_url(hit.blob, "r"),
+                    "matched_key": hit.key,
+                }
         return {"ok": False, "signed_download_url": "", "matched_key": ""}
 
-    def _rpc(self, service: str, method: str, authorization: str | None,
-             content_type: str, body: bytes) -> dict[str, Any]:
+    def _rpc(
+        self, service: str, method: str, authorization: str | None, content_type: str, body: bytes
+    ) -> dict[str, Any]:
         """Run one Twirp call; raise TwirpError for a Twirp error answer."""
         rpc = self._rpcs[(service, method)]
         if not content_type.split(";")[0].strip().lower() == "application/json":
@@ -775,8 +841,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise TwirpError("malformed", "request body too large")
         return bytes(data)
 
-    def _send(self, status: int, headers: dict[str, str], body: bytes = b"",
-              head_only: bool = False) -> None:
+    def _send(
+        self, status: int, headers: dict[str, str], body: bytes = b"", head_only: bool = False
+    ) -> None:
         self.send_response(status)
         headers.setdefault("Content-Length", str(len(body)))
         for name, value in headers.items():
@@ -815,8 +882,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._twirp_error(TwirpError(code, f"injected fault {fault}"))
         try:
             result: dict[str, Any] | TwirpError = self.emu._rpc(
-                *route, self.headers.get("Authorization"), self.headers.get("Content-Type", ""),
-                body)
+                *route,
+                self.headers.get("Authorization"),
+                self.headers.get("Content-Type", ""),
+                body,
+            )
         except TwirpError as err:
             result = err
         if fault == "drop_after":
@@ -850,12 +920,13 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query, keep_blank_values=True)
         comp = query.get("comp", [""])[0].lower()
         op = {"GET": "GetBlob", "HEAD": "GetBlobProperties"}.get(
-            verb, {"block": "PutBlock", "blocklist": "PutBlockList"}.get(comp, "PutBlob"))
+            verb, {"block": "PutBlock", "blocklist": "PutBlockList"}.get(comp, "PutBlob")
+        )
         self._consumed = verb != "PUT"
         try:
             if not url.path.startswith("/blob/"):
                 raise BlobError(404, "ResourceNotFound", "The specified resource does not exist.")
-            key = unquote(url.path[len("/blob/"):])
+            key = unquote(url.path[len("/blob/") :])
             with self.emu._lock:
                 self.emu._blob_calls[op] += 1
             fault = self.emu._draw_fault(None)
@@ -863,8 +934,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._drop()
             if fault is not None:
                 status = int(fault)
-                raise BlobError(status, "ServerBusy" if status != 500 else "InternalError",
-                                f"injected fault {fault}")
+                raise BlobError(
+                    status,
+                    "ServerBusy" if status != 500 else "InternalError",
+                    f"injected fault {fault}",
+                )
             self.emu._check_signature(key, query, "w" if verb == "PUT" else "r")
             if comp not in ("", "block", "blocklist") or (comp and verb != "PUT"):
                 raise BlobError(400, "InvalidQueryParameterValue", f"comp={comp} is not supported.")
@@ -880,14 +954,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
 
     def _common(self) -> dict[str, str]:
-        return {"x-ms-request-id": str(uuid.uuid4()), "x-ms-version": STORAGE_VERSION,
-                "Date": formatdate(usegmt=True)}
+        return {
+            "x-ms-request-id": str(uuid.uuid4()),
+            "x-ms-version": STORAGE_VERSION,
+            "Date": formatdate(usegmt=True),
+        }
 
     def _blob_error(self, err: BlobError, head_only: bool) -> None:
-        body = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{err.code}</Code>'
-                f"<Message>{err.msg}</Message></Error>").encode()
-        headers = {**self._common(), "x-ms-error-code": err.code,
-                   "Content-Type": "application/xml"}
+        body = (
+            f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{err.code}</Code>'
+            f"<Message>{err.msg}</Message></Error>"
+        ).encode()
+        headers = {**self._common(), "x-ms-error-code": err.code, "Content-Type": "application/xml"}
         self._send(err.status, headers, body, head_only=head_only)
 
     def _receive(self) -> Path:
@@ -911,9 +989,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if not base64.b64decode(block_id, validate=True):
                     raise ValueError(block_id)
             except ValueError:
-                raise BlobError(400, "InvalidQueryParameterValue",
-                                "Value for one of the query parameters specified in the request "
-                                "URI is invalid (blockid).") from None
+                raise BlobError(
+                    400,
+                    "InvalidQueryParameterValue",
+                    "Value for one of the query parameters specified in the request "
+                    "URI is invalid (blockid).",
+                ) from None
             tmp = self._receive()
             try:
                 store.stage(key, block_id, tmp)
@@ -925,10 +1006,14 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 root = ET.fromstring(self._read_small(_MAX_RPC_BODY))
             except (ET.ParseError, TwirpError):
-                raise BlobError(400, "InvalidXmlDocument", "XML specified is not syntactically "
-                                "valid.") from None
-            entries = [(child.tag, (child.text or "").strip()) for child in root
-                       if child.tag in ("Latest", "Committed", "Uncommitted")]
+                raise BlobError(
+                    400, "InvalidXmlDocument", "XML specified is not syntactically valid."
+                ) from None
+            entries = [
+                (child.tag, (child.text or "").strip())
+                for child in root
+                if child.tag in ("Latest", "Committed", "Uncommitted")
+            ]
             blob = store.commit(key, entries, content_type)
         else:
             blob_type = self.headers.get("x-ms-blob-type")
@@ -941,8 +1026,7 @@ class _Handler(BaseHTTPRequestHandler):
             except BlobError:
                 tmp.unlink(missing_ok=True)
                 raise
-        headers.update({"ETag": blob.etag, "Last-Modified": formatdate(blob.modified,
-                                                                        usegmt=True)})
+        headers.update({"ETag": blob.etag, "Last-Modified": formatdate(blob.modified, usegmt=True)})
         self._send(201, headers)
 
     def _get(self, key: str, head_only: bool) -> None:
@@ -953,24 +1037,33 @@ class _Handler(BaseHTTPRequestHandler):
             src = open(blob.path, "rb")
             size, etag, modified = blob.size, blob.etag, blob.modified
         try:
-            headers = {**self._common(), "Content-Type": blob.content_type, "ETag": etag,
-                       "Last-Modified": formatdate(modified, usegmt=True),
-                       "Accept-Ranges": "bytes", "x-ms-blob-type": "BlockBlob",
-                       "x-ms-creation-time": formatdate(blob.created, usegmt=True),
-                       "x-ms-lease-status": "unlocked", "x-ms-lease-state": "available",
-                       "x-ms-server-encrypted": "true"}
+            headers = {
+                **self._common(),
+                "Content-Type": blob.content_type,
+                "ETag": etag,
+                "Last-Modified": formatdate(modified, usegmt=True),
+                "Accept-Ranges": "bytes",
+                "x-ms-blob-type": "BlockBlob",
+                "x-ms-creation-time": formatdate(blob.created, usegmt=True),
+                "x-ms-lease-status": "unlocked",
+                "x-ms-lease-state": "available",
+                "x-ms-server-encrypted": "true",
+            }
             if blob.filename:
                 headers["Content-Disposition"] = (
-                    f"attachment; filename=\"{blob.filename.encode('ascii', 'replace').decode()}"
-                    f"\"; filename*=UTF-8''{quote(blob.filename)}")
+                    f'attachment; filename="{blob.filename.encode("ascii", "replace").decode()}'
+                    f"\"; filename*=UTF-8''{quote(blob.filename)}"
+                )
             start, end, status = 0, size - 1, 200
             spec = self.headers.get("x-ms-range") or self.headers.get("Range")
             if spec:
                 match = re.fullmatch(r"\s*bytes=(\d+)-(\d*)\s*", spec)
                 if match is None or int(match[1]) >= size:
-                    raise BlobError(416, "InvalidRange",
-                                    "The range specified is invalid for the current size of the "
-                                    "resource.")
+                    raise BlobError(
+                        416,
+                        "InvalidRange",
+                        "The range specified is invalid for the current size of the resource.",
+                    )
                 start, status = int(match[1]), 206
                 end = min(int(match[2]), size - 1) if match[2] else size - 1
                 headers["Content-Range"] = f"bytes {start}-{end}/{size}"
@@ -987,15 +1080,23 @@ def main(argv: list[str] | None = None) -> int:
     """Serve the emulator until Ctrl-C, printing ``export`` lines for a job's environment."""
     parser = argparse.ArgumentParser(
         prog="ciflow emulate-github",
-        description="Emulate GitHub Actions' artifact (v4) and cache (v2) services locally.")
+        description="Emulate GitHub Actions' artifact (v4) and cache (v2) services locally.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--run-id", default="local-run")
-    parser.add_argument("--job-id", action="append", default=None,
-                        help="job id (repeatable: tokens for more jobs are printed as comments)")
+    parser.add_argument(
+        "--job-id",
+        action="append",
+        default=None,
+        help="job id (repeatable: tokens for more jobs are printed as comments)",
+    )
     parser.add_argument("--fault-rate", type=float, default=0.0)
-    parser.add_argument("--fault-kinds", default="503",
-                        help=f"comma-separated subset of {','.join(sorted(FAULT_KINDS))}")
+    parser.add_argument(
+        "--fault-kinds",
+        default="503",
+        help=f"comma-separated subset of {','.join(sorted(FAULT_KINDS))}",
+    )
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--fault-blobs", action="store_true", help="faults hit blob requests too")
     parser.add_argument("--retry-after", type=int, default=1)
@@ -1004,17 +1105,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     jobs = args.job_id or ["local-job"]
     try:
-        faults = Faults(rate=args.fault_rate, latency=args.latency, seed=args.fault_seed,
-                        kinds=[k.strip() for k in args.fault_kinds.split(",") if k.strip()],
-                        retry_after=args.retry_after, blobs=args.fault_blobs)
+        faults = Faults(
+            rate=args.fault_rate,
+            latency=args.latency,
+            seed=args.fault_seed,
+            kinds=[k.strip() for k in args.fault_kinds.split(",") if k.strip()],
+            retry_after=args.retry_after,
+            blobs=args.fault_blobs,
+        )
         emulator = GitHubEmulator(args.host, args.port, data_dir=args.data_dir)
         emulator.faults = faults
         emulator.start()
         for name, value in emulator.env(args.run_id, jobs[0]).items():
             print(f"export {name}={shlex.quote(value)}")
         for job in jobs[1:]:
-            print(f"# job {job}: export ACTIONS_RUNTIME_TOKEN="
-                  f"{shlex.quote(emulator.token(args.run_id, job))}")
+            print(
+                f"# job {job}: export ACTIONS_RUNTIME_TOKEN="
+                f"{shlex.quote(emulator.token(args.run_id, job))}"
+            )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -116,4 +116,3 @@ class History:
             raise UsageError(f"history {path} is locked by another run for 30 s") from None
         except OSError as exc:
             raise UsageError(f"cannot write history {path}: {exc.strerror or exc}") from None
-

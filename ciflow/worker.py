@@ -169,9 +169,7 @@ class Worker:
             self.options.runs_on,
         )  # fmt: skip
         self._say(f"registered as {reg.worker} (slot {reg.slot}, {reg.os}/{reg.arch})")
-        beats = HeartbeatThread(
-            self.store, self.keys, self.worker_id, self.heartbeat_interval
-        )
+        beats = HeartbeatThread(self.store, self.keys, self.worker_id, self.heartbeat_interval)
         beats.beat()
         beats.start()
         signals = [0]
