@@ -251,18 +251,27 @@ class Worker:
         order = mine + others
         next_slow = 0.0
         listed: list[str] | None = None
+        # Where one list call sees everything anyway (github://), every poll lists the whole
+        # namespace and serves all readers; elsewhere the fast poll watches results only.
+        whole = self.store.lists_everything
         while True:
             self._reraise()
-            changed = self.results.refresh(listed)
+            results = listed
+            if whole and listed is not None:
+                results = [k for k in listed if k.startswith(self.keys.results)]
+            changed = self.results.refresh(results)
             if all(n in self.results.present for n in names):
                 break
             now = time.monotonic()
-            if now >= next_slow:  # the slow cadence: one listing of the run's whole namespace
-                everything = self.store.list(self.keys.root)
+            if now >= next_slow or (whole and listed is not None):
+                everything = listed if whole and listed is not None else None
+                if everything is None:
+                    everything = self.store.list(self.keys.root)
                 self._refresh_workers(everything)
                 self._read_claims(everything)
                 self._read_cancel(everything)
-                next_slow = now + self.slow_poll
+                if now >= next_slow:
+                    next_slow = now + self.slow_poll
             elif any(self.results.outcome(n) in _FAILING for n in changed):
                 self._read_cancel()  # a failure just landed: its cancel record may be there
             with self._lock:
@@ -271,6 +280,10 @@ class Worker:
                 self._act(order, owner, position)
             elif not self._running:
                 break  # drained: hand back what is left and leave
+            if whole:
+                seen = set(listed) if listed is not None else set()
+                listed = self.store.wait(self.keys.root, seen, self.slow_poll)
+                continue
             known = {self.keys.result(n) for n in self.results.present}
             wait = min(self.slow_poll, max(0.0, next_slow - time.monotonic()))
             listed = self.store.wait(self.keys.results, known, wait)

@@ -73,6 +73,8 @@ class Store(ABC):
     slow_poll: float = 0.25
     #: how often a worker heartbeats by default (each beat is a create and a delete)
     heartbeat_interval: float = 1.0
+    #: one list call returns every key whatever the prefix (so workers list everything at once)
+    lists_everything: bool = False
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -799,6 +799,8 @@ class GitHubArtifactStore(DownloadingStore):
     slow_poll = 5.0
     #: a beat is a create and a delete (6 calls and one artifact): every 30 s, stale after 120 s
     heartbeat_interval = 30.0
+    #: ListArtifacts returns every artifact of the run in one call
+    lists_everything = True
 
     def __init__(
         self,
