@@ -145,7 +145,7 @@ def _history_path(pipeline: "Pipeline", given: Path | None) -> Path:
 
     if given is not None:
         return given
-    base = pipeline.path.parent if pipeline.path is not None else Path.cwd()
+    base = pipeline.folder
     return base / DEFAULT_PATH
 
 
@@ -225,7 +225,7 @@ def run(
     check_requirements(pipeline, active, Capabilities.detect(tools, tag or ()))
     console = Console(verbose=not quiet)
     console.sources = _sources(pipeline)
-    workdir = pipeline.path.parent if pipeline.path is not None else Path.cwd()
+    workdir = pipeline.folder
     engine = Engine(
         pipeline,
         selection,

@@ -160,7 +160,7 @@ def plan_(
     elif workers is not None:
         pools = [RunnerPool(count=workers)]
     else:
-        base = pipeline.path.parent if pipeline.path is not None else Path.cwd()
+        base = pipeline.folder
         pools, _ = load_pools(base)
     selection = pipeline.select(only or (), skip or (), category or ())
     transfer = Transfer.for_store(
@@ -321,7 +321,7 @@ def worker(
         from .orchestrator import load_plan_file, publish_plan
 
         publish_plan(target_store, keys, load_plan_file(plan))
-    workdir = pipeline.path.parent if pipeline.path is not None else Path.cwd()
+    workdir = pipeline.folder
     options = WorkerOptions(
         slot=slot,
         jobs=jobs,

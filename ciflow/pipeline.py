@@ -118,6 +118,11 @@ class Pipeline:
             {name: [d.name for d in mod.depends_on] for name, mod in self.modules.items()}
         )
 
+    @property
+    def folder(self) -> Path:
+        """The pipeline file's folder (the working directory of its modules), else the cwd."""
+        return self.path.parent if self.path is not None else Path.cwd()
+
     def __len__(self) -> int:
         return len(self.modules)
 
