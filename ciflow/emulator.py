@@ -384,6 +384,7 @@ class GitHubEmulator:
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._blob_calls: Counter[str] = Counter()
+        self._call_log: list[tuple[str, str, str | None]] = []
         self._faults = Faults()
         self._rng = random.Random(0)
         self._next_id = itertools.count(1)
@@ -534,11 +535,18 @@ class GitHubEmulator:
         with self._lock:
             return dict(self._blob_calls)
 
+    @property
+    def call_log(self) -> list[tuple[str, str, str | None]]:
+        """Authenticated Twirp calls in order: (method, job id, artifact name or name filter)."""
+        with self._lock:
+            return list(self._call_log)
+
     def reset_calls(self) -> None:
-        """Zero both counters."""
+        """Zero both counters and the call log."""
         with self._lock:
             self._calls.clear()
             self._blob_calls.clear()
+            self._call_log.clear()
 
     @property
     def faults(self) -> Faults:
@@ -778,6 +786,9 @@ class GitHubEmulator:
             raise TwirpError("malformed", f"the json request could not be decoded: {exc}") from None
         if not isinstance(parsed, dict):
             raise TwirpError("malformed", "the json request must be an object")
+        name = parsed.get("name") or parsed.get("name_filter") or parsed.get("nameFilter")
+        with self._lock:
+            self._call_log.append((method, who[1], name if isinstance(name, str) else None))
         return rpc(who, _Req(parsed))
 
 

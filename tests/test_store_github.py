@@ -858,13 +858,26 @@ def test_api_calls_per_operation(emu: GitHubEmulator, clients: Clients, tmp_path
         "CreateArtifact": 1, "PutBlob": 1, "FinalizeArtifact": 1, "ListArtifacts": 1,
     }  # fmt: skip
     assert calls(lambda: store.create("k", b"w")) == {"CreateArtifact": 1}
-    assert calls(lambda: store.get("k")) == {
+    # the read-back listing is remembered: reading the value back needs no list
+    assert calls(lambda: store.get("k")) == {"GetSignedArtifactURL": 1, "GetBlob": 1}
+    other = clients.open("another-job")
+    assert calls(lambda: other.get("k")) == {
         "ListArtifacts": 1, "GetSignedArtifactURL": 1, "GetBlob": 1,
     }  # fmt: skip
     assert calls(lambda: store.get("absent")) == {"ListArtifacts": 1}
     assert calls(lambda: store.list("")) == {"ListArtifacts": 1}
-    assert calls(lambda: store.delete("k")) == {"ListArtifacts": 1, "DeleteArtifact": 1}
+    assert calls(lambda: other.delete("k")) == {"ListArtifacts": 1, "DeleteArtifact": 1}
+    # its writer still deletes by its own job id: absent is fine, another job's value is safe
+    assert calls(lambda: store.delete("k")) == {"DeleteArtifact": 1}
     assert calls(lambda: store.delete("k")) == {"ListArtifacts": 1}
+    # a key only its writer creates: no read-back; its writer deletes it without a look
+    assert calls(lambda: store.create("mine", b"v", sole=True)) == {
+        "CreateArtifact": 1, "PutBlob": 1, "FinalizeArtifact": 1,
+    }  # fmt: skip
+    assert calls(lambda: store.create("mine", b"w", sole=True)) == {"CreateArtifact": 1}
+    assert other.get("mine") == b"v"
+    assert calls(lambda: store.delete("mine")) == {"DeleteArtifact": 1}
+    assert other.get("mine") is None
     src = tmp_path / "src"
     src.write_bytes(b"x" * (9 * MiB))
     assert calls(lambda: store.create_from_file("big", src)) == {
@@ -872,5 +885,34 @@ def test_api_calls_per_operation(emu: GitHubEmulator, clients: Clients, tmp_path
         "ListArtifacts": 1,
     }  # fmt: skip
     counts = store.stats.counts
-    assert counts["blob-upload"] == 1 + 4 and counts["blob-download"] == 1
-    assert counts["create"] == 2 and counts["create_from_file"] == 1 and counts["get"] == 2
+    assert counts["blob-upload"] == 2 + 4 and counts["blob-download"] == 1
+    assert counts["create"] == 4 and counts["create_from_file"] == 1 and counts["get"] == 2
+
+
+def test_wait_lists_once_per_poll_interval(emu: GitHubEmulator, clients: Clients) -> None:
+    store = clients.open()
+    store.max_poll_interval = 0.3
+    emu.reset_calls()
+    started = time.monotonic()
+    assert store.wait("", (), timeout=1.0) == []
+    took = time.monotonic() - started
+    lists = emu.calls.get("ListArtifacts", 0)
+    assert took >= 1.0
+    assert 2 <= lists <= int(took / 0.3) + 1  # at 0, 0.3, 0.6, 0.9 s: never faster
+
+
+def test_a_read_back_wakes_a_waiter_and_counts_as_its_poll(
+    emu: GitHubEmulator, clients: Clients
+) -> None:
+    store = clients.open()
+    store.max_poll_interval = 5.0
+    store.list("")  # the waiter's poll is not due for 5 s
+    emu.reset_calls()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(store.wait, "", (), 4.0)
+        time.sleep(0.2)
+        assert store.create("fresh", b"v")  # CreateArtifact, FinalizeArtifact, read-back list
+        started = time.monotonic()
+        assert waiting.result(timeout=10) == ["fresh"]
+        assert time.monotonic() - started < 1.0
+    assert emu.calls == {"CreateArtifact": 1, "FinalizeArtifact": 1, "ListArtifacts": 1}

@@ -81,8 +81,13 @@ class Store(ABC):
         self.stats = StoreStats()
 
     @abstractmethod
-    def create(self, key: str, data: bytes) -> bool:
-        """Write ``data`` under ``key`` only if the key is absent (atomic). True if written."""
+    def create(self, key: str, data: bytes, *, sole: bool = False) -> bool:
+        """Write ``data`` under ``key`` only if the key is absent (atomic). True if written.
+
+        ``sole`` promises that no other process ever creates ``key`` (it names its writer, as a
+        worker's registration or heartbeat does): backends that settle races by reading back
+        (github://) skip that read then.
+        """
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:
@@ -96,9 +101,9 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key`` if present (absent is fine)."""
 
-    def create_from_file(self, key: str, path: Path) -> bool:
+    def create_from_file(self, key: str, path: Path, *, sole: bool = False) -> bool:
         """Like `create`, from a file; backends override this to stream large blobs."""
-        return self.create(key, path.read_bytes())
+        return self.create(key, path.read_bytes(), sole=sole)
 
     def get_to_file(self, key: str, path: Path) -> bool:
         """Like `get`, into a file; False if absent. Backends override this to stream."""

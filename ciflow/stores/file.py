@@ -90,7 +90,7 @@ class FileStore(Store):
 
     # -- the protocol ------------------------------------------------------------------------
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: bytes, *, sole: bool = False) -> bool:
         """Write ``data`` under ``key`` if absent (atomic across processes). True if written."""
         check_key(key)
         self.stats.add("create")
@@ -101,7 +101,7 @@ class FileStore(Store):
 
         return self._create(key, write)
 
-    def create_from_file(self, key: str, path: Path) -> bool:
+    def create_from_file(self, key: str, path: Path, *, sole: bool = False) -> bool:
         """Like `create`, copying ``path`` in chunks so a large blob never sits in memory."""
         check_key(key)
         self.stats.add("create_from_file")

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import contextlib
 import email.utils
 import hashlib
@@ -75,7 +76,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -797,7 +798,7 @@ class GitHubArtifactStore(DownloadingStore):
     min_poll_interval = 2.0  # every look is an API call: no quick first polls
     #: a worker lists the run (1 call) this often
     slow_poll = 5.0
-    #: a beat is a create and a delete (6 calls and one artifact): every 30 s, stale after 120 s
+    #: a beat is a create and a delete of the previous one (4 calls): every 30 s, stale after 120 s
     heartbeat_interval = 30.0
     #: ListArtifacts returns every artifact of the run in one call
     lists_everything = True
@@ -816,6 +817,10 @@ class GitHubArtifactStore(DownloadingStore):
         self.prefix = name_prefix(self.namespace)
         self.runtime = runtime_from_env(os.environ if env is None else env, "github")
         self._listed: dict[str, Entry] = {}  # name -> earliest finalized entry, last listing
+        self._own: set[str] = set()  # names this store created (and won): deleted without a look
+        self._fresh: tuple[float, list[Entry]] = (0.0, [])  # the newest listing and its time
+        self._polled = 0.0  # the time of the listing `wait` looked at last
+        self._fresh_changed = threading.Condition()
         self.http = GitHubHttp(
             self.runtime, ARTIFACT_SERVICE, self.stats.add, sleep=sleep,
             max_attempts=max_attempts, session=session, label="github store",
@@ -830,17 +835,27 @@ class GitHubArtifactStore(DownloadingStore):
         }
 
     def _entries(self, name: str | None = None) -> list[Entry]:
-        """Finalized artifacts of the run (with ``name`` only), earliest first."""
-        body: dict[str, Any] = self._ids()
-        if name is not None:
-            body["name_filter"] = name
-        resp, _ = self.http.rpc("ListArtifacts", body)
+        """Finalized artifacts of the run (with ``name`` only), earliest first.
+
+        Always one unfiltered ListArtifacts call (it costs the same as a filtered one): every
+        listing, a create's read-back included, refreshes what `list`, `get` and `wait` see.
+        """
+        resp, _ = self.http.rpc("ListArtifacts", self._ids())
         raw = resp.get("artifacts") or []
         entries = [Entry.parse(a) for a in raw if isinstance(a, dict)]
+        entries.sort(key=lambda e: (e.id, e.created_at))
+        with self._fresh_changed:
+            for entry in reversed(entries):  # earliest last: the winner of each name stays
+                self._listed[entry.name] = entry
+            self._fresh = (time.monotonic(), entries)
+            self._fresh_changed.notify_all()
         if name is not None:
             entries = [e for e in entries if e.name == name]
-        entries.sort(key=lambda e: (e.id, e.created_at))
         return entries
+
+    def _keys(self, entries: list[Entry], prefix: str) -> list[str]:
+        keys = {key_from_name(e.name, self.prefix) for e in entries}
+        return sorted(k for k in keys if k is not None and k.startswith(prefix))
 
     def _delete_entry(self, name: str, job_id: str) -> bool:
         """DeleteArtifact; False if there was nothing to delete."""
@@ -857,7 +872,7 @@ class GitHubArtifactStore(DownloadingStore):
 
     # -- create ----------------------------------------------------------------------------------
 
-    def _create(self, key: str, name: str, pieces: Pieces, total: int) -> bool:
+    def _create(self, key: str, name: str, pieces: Pieces, total: int, sole: bool) -> bool:
         with _name_lock(self.runtime.origin, self.runtime.run_id, self.runtime.job_id, name):
             for _ in range(self.http.max_attempts):  # again only after removing our own orphan
                 try:
@@ -873,7 +888,7 @@ class GitHubArtifactStore(DownloadingStore):
                 upload_url = get_field(resp, "signed_upload_url")
                 if get_field(resp, "ok") is False or not isinstance(upload_url, str):
                     raise StoreError(f"github store: CreateArtifact for {key!r} was not accepted")
-                return self._upload_and_decide(key, name, upload_url, pieces, total)
+                return self._upload_and_decide(key, name, upload_url, pieces, total, sole)
         raise StoreError(
             f"github store: cannot create {key!r}: its name stays taken by a lost request"
         )
@@ -884,7 +899,9 @@ class GitHubArtifactStore(DownloadingStore):
             return False  # a finalized value exists: the key is taken
         return self._delete_entry(name, self.runtime.job_id)
 
-    def _upload_and_decide(self, key: str, name: str, url: str, pieces: Pieces, total: int) -> bool:
+    def _upload_and_decide(
+        self, key: str, name: str, url: str, pieces: Pieces, total: int, sole: bool
+    ) -> bool:
         try:
             sha = self.http.upload(url, pieces, total)
         except Exception:
@@ -907,6 +924,9 @@ class GitHubArtifactStore(DownloadingStore):
                     self._delete_entry(name, self.runtime.job_id)
                 raise
             ours = None
+        if sole and ours is not None:
+            self._own.add(name)
+            return True  # finalized, and nobody else creates this key: no read-back needed
         entries = self._entries(name)
         for pause in READ_BACK_PAUSES:  # ours must be listed: give a lagging listing a moment
             if any(e.job_id == self.runtime.job_id for e in entries):
@@ -925,23 +945,28 @@ class GitHubArtifactStore(DownloadingStore):
             return False
         winner = entries[0]
         if winner.id == ours:
+            self._own.add(name)
             return True
         if winner.job_id != self.runtime.job_id and len(mine) == 1:
             with contextlib.suppress(StoreError):
                 self._delete_entry(name, self.runtime.job_id)
         return False
 
-    def create(self, key: str, data: bytes) -> bool:
-        """Create the artifact of ``key`` unless one exists (read back decides). True if written."""
+    def create(self, key: str, data: bytes, *, sole: bool = False) -> bool:
+        """Create the artifact of ``key`` unless one exists (read back decides). True if written.
+
+        With ``sole`` (nobody else creates ``key``) a finalized upload is not read back: one
+        ListArtifacts call fewer.
+        """
         name = self._name(key)
         self.stats.add("create")
         view = memoryview(data)
         head, tail = zip_frame(len(view), zlib.crc32(view))
         return self._create(
-            key, name, lambda: (head, view, tail), len(head) + len(view) + len(tail)
+            key, name, lambda: (head, view, tail), len(head) + len(view) + len(tail), sole
         )
 
-    def create_from_file(self, key: str, path: Path) -> bool:
+    def create_from_file(self, key: str, path: Path, *, sole: bool = False) -> bool:
         """Like `create`, streaming ``path`` into block uploads (never all in memory)."""
         name = self._name(key)
         self.stats.add("create_from_file")
@@ -970,7 +995,7 @@ class GitHubArtifactStore(DownloadingStore):
                 raise StoreError(f"{path} shrank while it was stored under {key!r}")
             yield tail
 
-        return self._create(key, name, pieces, len(head) + size + len(tail))
+        return self._create(key, name, pieces, len(head) + size + len(tail), sole)
 
     # -- get ------------------------------------------------------------------------------------
 
@@ -1006,21 +1031,54 @@ class GitHubArtifactStore(DownloadingStore):
     def list(self, prefix: str) -> list[str]:
         """Sorted keys starting with ``prefix`` (one ListArtifacts call sees every job's)."""
         self.stats.add("list")
-        entries = self._entries()
-        for entry in reversed(entries):  # earliest last: the winner of each name stays
-            self._listed[entry.name] = entry
-        keys = {key_from_name(e.name, self.prefix) for e in entries}
-        return sorted(k for k in keys if k is not None and k.startswith(prefix))
+        return self._keys(self._entries(), prefix)
+
+    def wait(
+        self, prefix: str, known: Collection[str] = (), timeout: float = 1.0
+    ) -> builtins.list[str]:
+        """Like `Store.wait`, listing at most once per `max_poll_interval`.
+
+        A listing this store made meanwhile for another reason (a create's read-back, a get)
+        counts as that poll, and wakes the waiter at once.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._fresh_changed:
+                stamp, entries = self._fresh
+                now = time.monotonic()
+                fresh: list[Entry] | None = None
+                if stamp > self._polled:  # a listing nobody waiting has looked at yet
+                    self._polled = stamp
+                    fresh = entries
+                elif now - stamp < self.max_poll_interval:  # too early for a poll
+                    remaining = deadline - now
+                    if remaining <= 0:
+                        return self._keys(entries, prefix)
+                    self._fresh_changed.wait(min(stamp + self.max_poll_interval - now, remaining))
+                    continue
+            if fresh is None:
+                self.stats.add("list")
+                fresh = self._entries()
+                with self._fresh_changed:
+                    self._polled = max(self._polled, self._fresh[0])
+            keys = self._keys(fresh, prefix)
+            if time.monotonic() >= deadline or any(k not in known for k in keys):
+                return keys
 
     def delete(self, key: str) -> None:
         """Delete the artifact holding ``key``'s value, the earliest of its name (absent is fine).
 
         Later entries of the name are racers' leftovers that their writers remove; deleting
-        them here could remove a value created while this delete runs.
+        them here could remove a value created while this delete runs. A value this store
+        created is deleted without listing first.
         """
         name = self._name(key)
         self.stats.add("delete")
         self._listed.pop(name, None)
+        if name in self._own:  # ours, and the earliest of its name: no need to look
+            self._own.discard(name)
+            self._delete_entry(name, self.runtime.job_id)
+            return
         entries = self._entries(name)
         if entries:
             self._delete_entry(name, entries[0].job_id)

@@ -149,14 +149,14 @@ class GitHubCacheStore(DownloadingStore):
             return False
         return True
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: bytes, *, sole: bool = False) -> bool:
         """Save ``data`` under ``key`` unless the entry exists. True if written."""
         check_key(key)
         self.stats.add("create")
         view = memoryview(data)
         return self._create(key, lambda: (view,), len(view))
 
-    def create_from_file(self, key: str, path: Path) -> bool:
+    def create_from_file(self, key: str, path: Path, *, sole: bool = False) -> bool:
         """Like `create`, streaming ``path`` in blocks."""
         check_key(key)
         self.stats.add("create_from_file")
