@@ -50,6 +50,13 @@ class RunKeys:
         return f"{self.claims}{module}/{attempt:04d}"
 
     @property
+    def requests(self) -> str:
+        return self.root + "requests/"
+
+    def request(self, module: str, worker: str) -> str:
+        return f"{self.requests}{module}/{worker}"
+
+    @property
     def results(self) -> str:
         return self.root + "results/"
 

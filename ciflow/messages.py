@@ -7,7 +7,9 @@ ciflow knows with a clear error instead of misreading it.
 |----------------------------|------------------|--------------------------------------|
 | WorkerRegistrationMessage  | `Registration`   | ``workers/<worker>``                 |
 | HeartbeatMessage           | `Heartbeat`      | ``alive/<worker>/<seq>``             |
-| ModuleExecutionRequest     | `Claim`          | ``claims/<module>/<attempt>``        |
+| ModuleExecutionRequest     | plan entry       | ``plan`` (attempt 1 of each module)  |
+|                            | `Claim`          | ``claims/<module>/<attempt>``        |
+|                            | `StealRequest`   | ``requests/<module>/<worker>``       |
 | ModuleResultResponse       | result blob      | ``results/<module>`` (see blob.py)   |
 | CancellationMessage        | `CancelRecord`   | ``cancel``                           |
 """
@@ -29,6 +31,7 @@ __all__ = [
     "Heartbeat",
     "Lease",
     "Registration",
+    "StealRequest",
     "decode",
     "encode",
 ]
@@ -70,7 +73,12 @@ class Heartbeat(_Message):
 
 
 class Claim(_Message):
-    """Worker ``worker`` runs (or resolves) ``module``, attempt ``attempt``."""
+    """Worker ``worker`` runs (or resolves) ``module``, attempt ``attempt``.
+
+    Attempt 1 of a module belongs to its planned slot without a record; a claim is written only
+    when that changes: the slot's worker grants the module to a stealer (``granted_by``), or a
+    worker takes over from a dead one (``takeover_from``) or from a slot nobody came for.
+    """
 
     kind: Literal["claim"] = "claim"
     module: str
@@ -79,6 +87,17 @@ class Claim(_Message):
     slot: int
     at: float
     takeover_from: str | None = None
+    granted_by: str | None = None
+
+
+class StealRequest(_Message):
+    """Idle worker ``worker`` offers to run ``module`` of another slot (which may grant it)."""
+
+    kind: Literal["steal-request"] = "steal-request"
+    module: str
+    worker: str
+    slot: int
+    at: float
 
 
 class Lease(_Message):

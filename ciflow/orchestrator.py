@@ -50,17 +50,23 @@ def publish_plan(store: Store, keys: RunKeys, plan: DistributedExecutionPlan) ->
         )
 
 
-def plan_order(store: Store, keys: RunKeys) -> list[str] | None:
-    """The modules of the run's stored plan in dependency order, or None without a plan."""
+def read_stored_plan(store: Store, keys: RunKeys) -> DistributedExecutionPlan | None:
+    """The run's stored plan, or None without one."""
     data = store.get(keys.plan)
     if data is None:
         return None
     try:
-        return list(DistributedExecutionPlan.model_validate_json(data).inputs.modules)
+        return DistributedExecutionPlan.model_validate_json(data)
     except ValidationError as exc:
         raise StoreError(
             f"plan {keys.plan} is not a valid plan: {exc.errors()[0]['msg']}"
         ) from None
+
+
+def plan_order(store: Store, keys: RunKeys) -> list[str] | None:
+    """The modules of the run's stored plan in dependency order, or None without a plan."""
+    plan = read_stored_plan(store, keys)
+    return None if plan is None else list(plan.inputs.modules)
 
 
 def wait_for_registrations(
@@ -93,25 +99,30 @@ def render_status(store: Store, keys: RunKeys) -> str:
     lines = [f"run {keys.run_id}"]
     regs = read_registrations(store, keys)
     done = finished_workers(store, keys)
-    beats: dict[str, float] = {}
+    beats: dict[str, Heartbeat] = {}
     for key in store.list(keys.alive_prefix):
         worker = key[len(keys.alive_prefix) :].partition("/")[0]
         data = store.get(key)
         if data is not None:
-            beats[worker] = max(beats.get(worker, 0.0), decode(Heartbeat, data, key=key).at)
+            beat = decode(Heartbeat, data, key=key)
+            if worker not in beats or beat.seq > beats[worker].seq:
+                beats[worker] = beat
+    running = {m: w for w, beat in beats.items() for m in beat.running}
     lines.append(f"workers: {len(regs)}")
     now = time.time()
     for reg in regs:
         if reg.worker in done:
             state = f"finished (exit {done[reg.worker].exit_code})"
         elif reg.worker in beats:
-            state = f"last heartbeat {now - beats[reg.worker]:.1f}s ago"
+            state = f"last heartbeat {now - beats[reg.worker].at:.1f}s ago"
         else:
             state = "no heartbeat yet"
         lines.append(f"  slot {reg.slot}: {reg.worker} ({reg.os}/{reg.arch}) {state}")
     cache = ResultCache(store, keys)
     cache.refresh()
-    order = plan_order(store, keys) or sorted(cache.present)
+    plan = read_stored_plan(store, keys)
+    order = list(plan.inputs.modules) if plan else sorted(cache.present)
+    planned = {m.name: s.slot for s in plan.slots for m in s.modules} if plan else {}
     by_outcome: dict[str, list[str]] = {}
     for name in order:
         header = cache.load(name) if name in cache.present else None
@@ -124,11 +135,14 @@ def render_status(store: Store, keys: RunKeys) -> str:
             lines.append(f"  {name}: {Outcome(header.outcome).value} by {who}")
             continue
         claims = store.list(keys.claims + name + "/")
-        if claims:
-            data = store.get(claims[-1])
-            if data is not None:
-                claim = decode(Claim, data, key=claims[-1])
-                lines.append(f"  {name}: running on {claim.worker} (attempt {claim.attempt})")
-                continue
-        lines.append(f"  {name}: waiting")
+        data = store.get(claims[-1]) if claims else None
+        if data is not None:  # handed to another worker, or taken over
+            claim = decode(Claim, data, key=claims[-1])
+            lines.append(f"  {name}: claimed by {claim.worker} (attempt {claim.attempt})")
+        elif name in running:
+            lines.append(f"  {name}: running on {running[name]} (as of its last heartbeat)")
+        elif name in planned:
+            lines.append(f"  {name}: waiting (planned on slot {planned[name]})")
+        else:
+            lines.append(f"  {name}: waiting")
     return "\n".join(lines)

@@ -50,7 +50,7 @@ def register(
         runs_on=runs_on,
         registered_at=time.time(),
     )
-    if not store.create(keys.worker(worker), encode(reg)):
+    if not store.create(keys.worker(worker), encode(reg), sole=True):
         raise StoreError(
             f"a worker named {worker!r} is already registered in run {keys.run_id}; "
             "give each worker its own --slot or start a new run"
@@ -97,7 +97,7 @@ class HeartbeatThread(threading.Thread):
         """One heartbeat now (also called once before the thread starts)."""
         self.seq += 1
         record = Heartbeat(worker=self.worker, seq=self.seq, at=time.time(), running=self.running)
-        self.store.create(self.keys.alive(self.worker, self.seq), encode(record))
+        self.store.create(self.keys.alive(self.worker, self.seq), encode(record), sole=True)
         if self.seq > 1:
             try:
                 self.store.delete(self.keys.alive(self.worker, self.seq - 1))

@@ -48,7 +48,7 @@ def publish_result(
             archive = Path(tmp) / "outputs.tar.zst"
             info = pack_outputs(workdir, patterns, archive)
             key = keys.outputs(record.name, attempt)
-            store.create_from_file(key, archive)
+            store.create_from_file(key, archive, sole=True)  # only the attempt's holder writes
             shipped.append({"key": key, "sha256": info.sha256, "size": info.size})
     if failpoint is not None:
         failpoint()

@@ -28,7 +28,7 @@ from .console import Console
 from .engine import Engine
 from .errors import CiflowError, RequirementError
 from .layout import RunKeys
-from .messages import CancelRecord, Claim, Done, Lease, decode, encode
+from .messages import CancelRecord, Claim, Done, Lease, StealRequest, decode, encode
 from .outcome import ModuleRecord, Outcome, dependency_verdict
 from .pipeline import Pipeline, Selection
 from .planner import DistributedExecutionPlan
@@ -158,6 +158,10 @@ class Worker:
         self._finished: dict[str, str] = {}  # done key -> worker
         self._ready_since: dict[str, float] = {}
         self._claim_attempts: dict[str, int] = {}  # module -> newest claimed attempt listed
+        self._requests: dict[str, list[str]] = {}  # module -> workers that asked for it
+        self._asked: dict[str, float] = {}  # modules this worker asked for -> when
+        self._ask_expiry = 4 * max(self.slow_poll, store.max_poll_interval) + 1.0
+        self._slot_order: dict[int, list[str]] = {}
         self._dead: set[str] = set()
 
     # ------------------------------------------------------------------ public
@@ -169,8 +173,8 @@ class Worker:
             self.options.runs_on,
         )  # fmt: skip
         self._say(f"registered as {reg.worker} (slot {reg.slot}, {reg.os}/{reg.arch})")
+        # the registration is the first sign of life: the first beat follows one interval later
         beats = HeartbeatThread(self.store, self.keys, self.worker_id, self.heartbeat_interval)
-        beats.beat()
         beats.start()
         signals = [0]
 
@@ -198,7 +202,7 @@ class Worker:
                     at=time.time(),
                     store_ops=dict(self.store.stats.counts),
                 )
-                self.store.create(self.keys.done_of(self.worker_id), encode(done))
+                self.store.create(self.keys.done_of(self.worker_id), encode(done), sole=True)
             except StoreError:
                 pass
         return code
@@ -247,6 +251,7 @@ class Worker:
         mine = [m.name for s in plan.slots if s.slot == self.options.slot for m in s.modules]
         start = {m.name: m.start for s in plan.slots for m in s.modules}
         mine_set = set(mine)
+        self._slot_order = {s.slot: [m.name for m in s.modules] for s in plan.slots}
         others = sorted((n for n in names if n not in mine_set), key=start.__getitem__)
         order = mine + others
         next_slow = 0.0
@@ -292,25 +297,35 @@ class Worker:
         return 1 if self._ran_bad else (130 if self._draining and self._hard_stop else 0)
 
     def _read_claims(self, listed: list[str]) -> None:
-        """Note the newest claim of each module without a result (claims are read lazily)."""
-        prefix = self.keys.claims
+        """Note the newest claim of each module and the steal requests (records read lazily).
+
+        A claim record is read only when who holds it matters: some worker is dead (take
+        over?), or this worker asked for the module (was it granted to us?).
+        """
+        claims, requests = self.keys.claims, self.keys.requests
         newest: dict[str, int] = {}
+        asked: dict[str, list[str]] = {}
         for key in listed:
-            if key.startswith(prefix):
-                module, _, number = key[len(prefix) :].partition("/")
+            if key.startswith(claims):
+                module, _, number = key[len(claims) :].partition("/")
                 if number.isdigit():
                     newest[module] = max(newest.get(module, 0), int(number))
+            elif key.startswith(requests):
+                module, _, worker = key[len(requests) :].partition("/")
+                if worker:
+                    asked.setdefault(module, []).append(worker)
         self._claim_attempts = newest
-        if not self._dead:
-            return  # who holds a claim only matters for taking over from a dead worker
+        self._requests = asked
         for module, attempt in newest.items():
             known = self._claims.get(module)
             if module in self.results.present or (known is not None and known[0] == attempt):
                 continue
-            data = self.store.get(self.keys.claim(module, attempt))
+            if not self._dead and module not in self._asked:
+                continue
+            key = self.keys.claim(module, attempt)
+            data = self.store.get(key)
             if data is not None:
-                claim = decode(Claim, data, key=self.keys.claim(module, attempt))
-                self._claims[module] = (attempt, claim)
+                self._claims[module] = (attempt, decode(Claim, data, key=key))
 
     def _read_cancel(self, listed: list[str] | None = None) -> None:
         if self._cancel is not None or (listed is not None and self.keys.cancel not in listed):
@@ -345,8 +360,6 @@ class Worker:
         self._dead = self.liveness.dead(workers, self._finished.values())
 
     def _act(self, order: list[str], owner: dict[str, int], position: dict[str, int]) -> None:
-        slot_workers = self._slot_map
-        dead = self._dead
         for name in order:
             if name in self.results.present or name in self._running:
                 continue
@@ -355,49 +368,126 @@ class Worker:
             optional = [d.name for d in mod.depends_on if d.optional and d.name in position]
             if any(d not in self.results.present for d in required + optional):
                 continue  # not ready yet
-            claim = self._claims.get(name)
-            listed = self._claim_attempts.get(name, 0)
-            attempt = 1
-            takeover_from = None
-            if claim is not None and claim[0] >= listed:
-                if claim[1].worker not in dead:
-                    continue  # someone is on it
-                attempt, takeover_from = claim[0] + 1, claim[1].worker
-            elif listed:
-                continue  # claimed by someone not known to be dead (read only when one is)
-            mine = owner.get(name) == self.options.slot
-            if not mine and takeover_from is None:
-                ready_since = self._ready_since.setdefault(name, time.monotonic())
-                if time.monotonic() - ready_since < self.options.steal_delay:
-                    continue  # give its own slot a moment to take it
-                owner_worker = slot_workers.get(owner.get(name, -1))
-                owner_gone = owner_worker is None and self._waited_long_enough()
-                if not (self.options.steal or owner_gone or owner_worker in dead):
-                    continue
+            held = self._holding(name, owner.get(name, -1))
+            if held is None:
+                self._ask(name, owner, position)
+                continue
+            attempt, takeover_from, must_claim = held
             verdict = dependency_verdict({d: self.results.outcome(d) for d in required})  # type: ignore[misc]
             stopped = self._cancel is not None and not self.options.keep_going
             if (verdict is not None or stopped) and not mod.always_run:
                 outcome, reason = verdict or (Outcome.CANCELLED, self._cancel.reason)  # type: ignore[union-attr]
-                self._resolve(name, attempt, outcome, reason, takeover_from)
+                if not must_claim or self._claim(name, attempt, takeover_from):
+                    self._resolve(name, attempt, outcome, reason)
                 continue
-            if len(self._running) >= self.options.jobs:
+            busy = len(self._running) >= self.options.jobs or (
+                any(self.pipeline.modules[r].alone for r in self._running)
+                or (mod.alone and bool(self._running))  # not_in_parallel=True: nothing else
+            )
+            if busy or mod.requires.missing(self.caps):
+                if attempt == 1 and not must_claim and owner.get(name) == self.options.slot:
+                    self._grant(name)  # it waits here: give it to a worker that asked
                 continue
-            if any(self.pipeline.modules[r].alone for r in self._running) or (
-                mod.alone and self._running
-            ):
-                continue  # not_in_parallel=True: nothing else on this worker meanwhile
-            if mod.requires.missing(self.caps):
-                continue
-            leases = self._take_leases(name, attempt, mod, dead)
+            leases = self._take_leases(name, attempt, mod, self._dead)
             if leases is None:
                 continue
-            if not self._claim(name, attempt, takeover_from):
+            if must_claim and not self._claim(name, attempt, takeover_from):
                 self._drop_leases(leases)
                 continue
             if takeover_from:
                 self._say(f"taking over {name} from {takeover_from} (attempt {attempt})")
             _failpoint("after-claim", name)
             self._start(name, attempt, leases)
+
+    def _holding(self, name: str, owner_slot: int) -> tuple[int, str | None, bool] | None:
+        """Whether this worker may run (or resolve) ``name`` now, and as which attempt.
+
+        Attempt 1 belongs to the planned slot, without a record, until that slot's worker
+        grants it to a worker that asked; attempts after it are claimed explicitly, by taking
+        over from a dead worker or from a slot no worker came for. Returns ``(attempt,
+        takeover_from, must_claim)``, or None when the module is someone else's.
+        """
+        listed = self._claim_attempts.get(name, 0)
+        if listed == 0:
+            if owner_slot == self.options.slot:
+                return 1, None, False  # ours by the plan
+            owner_worker = self._slot_map.get(owner_slot)
+            if owner_worker is None:
+                return (2, None, True) if self._waited_long_enough() else None
+            if owner_worker in self._dead:
+                return 2, owner_worker, True
+            return None
+        known = self._claims.get(name)
+        if known is None or known[0] != listed:
+            return None  # claimed; the record was not read, as its holder is not dead
+        holder = known[1].worker
+        if holder == self.worker_id:
+            return listed, None, False
+        if holder in self._dead:
+            return listed + 1, holder, True
+        return None
+
+    def _ask(self, name: str, owner: dict[str, int], position: dict[str, int]) -> None:
+        """Steal request: when idle, ask for a ready module its busy slot has not started."""
+        if not self.options.steal or name in self._asked or self._claim_attempts.get(name):
+            return
+        now = time.monotonic()
+        pending = [  # asked and not yet refused by silence, or granted and not yet started
+            m for m, when in self._asked.items()
+            if m not in self.results.present and m not in self._running
+            and (self._granted_to(m) == self.worker_id
+                 or (self._granted_to(m) is None and now - when < self._ask_expiry))
+        ]  # fmt: skip
+        if len(self._running) + len(pending) >= self.options.jobs:
+            return
+        if self.pipeline.modules[name].requires.missing(self.caps):
+            return
+        ready_since = self._ready_since.setdefault(name, now)
+        if now - ready_since < self.options.steal_delay or not self._slot_busy(name, owner):
+            return
+        request = StealRequest(
+            module=name, worker=self.worker_id, slot=self.options.slot, at=time.time()
+        )
+        self.store.create(self.keys.request(name, self.worker_id), encode(request), sole=True)
+        self._asked[name] = now
+
+    def _granted_to(self, name: str) -> str | None:
+        known = self._claims.get(name)
+        return None if known is None or known[0] != 1 else known[1].worker
+
+    def _slot_busy(self, name: str, owner: dict[str, int]) -> bool:
+        """Does ``name``'s slot have a module before it that is ready and not done?
+
+        Its worker runs its modules in plan order, so it is then on that one and has not
+        started ``name``: asking is worth it.
+        """
+        slot = owner.get(name, -1)
+        for other in self._slot_order.get(slot, ()):
+            if other == name:
+                return False
+            if other in self.results.present or self._claim_attempts.get(other):
+                continue
+            deps = self.pipeline.modules[other].depends_on
+            if all(d.name in self.results.present or d.optional for d in deps):
+                return True
+        return False
+
+    def _grant(self, name: str) -> None:
+        """Give attempt 1 of our waiting module ``name`` to the first live worker that asked."""
+        askers = [w for w in self._requests.get(name, ()) if w not in self._dead]
+        if not askers or self._draining:
+            return
+        worker = askers[0]
+        slot = _slot_of(worker)
+        claim = Claim(
+            module=name, attempt=1, worker=worker, slot=-1 if slot is None else slot,
+            at=time.time(), granted_by=self.worker_id,
+        )  # fmt: skip
+        # only this slot's worker writes attempt 1 claims of its modules: no race to settle
+        if self.store.create(self.keys.claim(name, 1), encode(claim), sole=True):
+            self._claims[name] = (1, claim)
+            self._claim_attempts[name] = 1
+            self._say(f"{name} handed to {worker}, which asked for it")
 
     def _waited_long_enough(self) -> bool:
         return time.monotonic() - self._started > self.heartbeat_timeout
@@ -411,18 +501,15 @@ class Worker:
         won = self.store.create(key, encode(claim))
         if won:
             self._claims[name] = (attempt, claim)
+            self._claim_attempts[name] = attempt
         else:  # someone else was first: remember who, for takeover decisions
             data = self.store.get(key)
             if data is not None:
                 self._claims[name] = (attempt, decode(Claim, data, key=key))
         return won
 
-    def _resolve(
-        self, name: str, attempt: int, outcome: Outcome, reason: str, takeover_from: str | None
-    ) -> None:
-        """Record the outcome of a module that will not run (after winning its claim)."""
-        if not self._claim(name, attempt, takeover_from):
-            return
+    def _resolve(self, name: str, attempt: int, outcome: Outcome, reason: str) -> None:
+        """Record the outcome of a module this worker holds that will not run."""
         record = ModuleRecord(name, outcome=outcome, worker=self.worker_id, slot=self.options.slot)
         if outcome is Outcome.SKIPPED:
             record.skip_reason = reason

@@ -206,6 +206,62 @@ def test_killed_worker_is_taken_over(
     assert codes[owner] == -signal.SIGKILL and codes[1 - owner] == 0
 
 
+def _run_plan(tmp_path: Path, file: Path, slots: list[list[str]], extra: list[str]) -> Any:
+    """Publish a plan with ``slots`` (module names per slot, in order), run, read back."""
+    store_dir = tmp_path / "store"
+    store = open_store(f"file://{store_dir}")
+    keys = RunKeys("test-run")
+    pipeline = load_pipeline(file)
+    plan = plan_pipeline(pipeline, [RunnerPool(count=len(slots), os=None)])
+    entries = {m.name: m for s in plan.slots for m in s.modules}
+    for slot, names in zip(plan.slots, slots, strict=True):
+        slot.modules = [entries[n] for n in names]
+    publish_plan(store, keys, plan)
+    out = io.StringIO()
+    procs = start_workers(
+        len(slots), pipeline_file=file, store_url=f"file://{store_dir}", run_id="test-run",
+        extra=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5", *extra],
+    )  # fmt: skip
+    codes = supervise(procs, Console(out, live=False))
+    return read_run(store, keys, pipeline.order), codes, store_dir, out.getvalue()
+
+
+@pytest.mark.parametrize("steal", [True, False])
+def test_idle_worker_asks_and_busy_slot_hands_a_module_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steal: bool
+) -> None:
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
+    file = tmp_path / "ciflow.py"
+    write_pipeline(file, [[], [], []], set(), set())
+    file.write_text(file.read_text().replace("time.sleep(0.05)", "time.sleep(1.5)"))
+    # slot 0 has all three (1.5 s each, all ready at once), slot 1 nothing: one job per worker
+    result, codes, store_dir, out = _run_plan(
+        tmp_path,
+        file,
+        [["m0", "m1", "m2"], []],
+        ["--jobs", "1"] + ([] if steal else ["--no-steal"]),
+    )
+    assert codes == [0, 0], out
+    by_name = {r.name: r for r in result.records}
+    assert {r.outcome for r in result.records} == {Outcome.SUCCEEDED}
+    assert all(r.attempts == 1 for r in result.records)
+    run = store_dir / "runs" / "test-run"
+    claim_file = run / "claims" / "m1" / "0001"
+    if not steal:
+        assert {r.slot for r in result.records} == {0}
+        assert not (run / "claims").exists() and not (run / "requests").exists()
+        return
+    assert by_name["m1"].slot == 1, out  # slot 1 asked for it while slot 0 ran m0
+    assert by_name["m0"].slot == 0 and by_name["m2"].slot == 0
+    claim = json.loads(claim_file.read_text())
+    assert claim["worker"] == by_name["m1"].worker and claim["granted_by"] == by_name["m0"].worker
+    assert "m1 handed to" in out
+    spans = read_log(tmp_path / "log.jsonl")
+    assert spans["m1"]["start"] < spans["m0"]["end"]  # ran side by side, not after m0
+    # nothing else was claimed: attempt 1 of the rest belonged to the plan
+    assert sorted(p.name for p in (run / "claims").iterdir()) == ["m1"]
+
+
 @pytest.mark.parametrize("when", [0.0, 1.6])  # before it claims anything; mid-module
 def test_sigkill_with_dry_run_kill_option(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: float
