@@ -7,6 +7,7 @@ file store, and prints wall time, Twirp and blob calls per module (what GitHub's
 count) and calls per worker-minute of polling.
 
     python bench/github.py [--workers 4] [--pipeline tests/pipelines/distributed.py]
+    python bench/github.py --modules 40 --poll 0.5
 """
 
 from __future__ import annotations
@@ -74,14 +75,81 @@ def run_flow(
                 os.environ[k] = v
 
 
+PIPELINE = """
+import time
+import ciflow
+"""
+
+MODULE = """
+
+@ciflow.module(name="m{i}", depends_on={deps!r}, cost={sleep})
+def m{i}(ctx) -> int:
+    time.sleep({sleep})
+    return {i}
+"""
+
+
+def layered(path: Path, n: int, width: int, sleep: float) -> Path:
+    """``n`` sleep modules in layers of ``width``; each depends on two of the layer before."""
+    text = PIPELINE
+    for i in range(n):
+        layer, pos = divmod(i, width)
+        prev = range((layer - 1) * width, layer * width) if layer else range(0)
+        deps = sorted({f"m{prev[pos % width]}", f"m{prev[(pos + 1) % width]}"}) if layer else []
+        text += MODULE.format(i=i, deps=deps, sleep=sleep)
+    path.write_text(text)
+    return path
+
+
+#: what each record kind is: per module, per worker, or once per run
+KINDS = {
+    "claims": "module",
+    "requests": "module",
+    "results": "module",
+    "outputs": "module",
+    "leases": "module",
+    "workers": "worker",
+    "alive": "worker",
+    "done": "worker",
+    "plan": "worker",  # each worker reads it once (the plan job's write is its own)
+    "cancel": "run",
+}
+
+
+def breakdown(
+    log: list[tuple[str, str, str | None]], prefix: str
+) -> dict[tuple[str, str, str], int]:
+    """Calls by (job kind, record kind, method); list calls without a name are polls."""
+    from ciflow.stores.github import key_from_name
+
+    out: dict[tuple[str, str, str], int] = {}
+    for method, job, name in log:
+        who = "plan/summary job" if job == "plan" else "worker jobs"
+        kind = "(poll)"
+        if name is not None:
+            key = key_from_name(name, prefix)
+            kind = key.split("/")[2] if key and key.count("/") >= 2 else "(other)"
+        out[(who, kind, method)] = out.get((who, kind, method), 0) + 1
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--pipeline", type=Path, default=ROOT / "tests/pipelines/distributed.py")
+    parser.add_argument(
+        "--modules", type=int, default=None, help="generate a layered pipeline of N modules"
+    )
+    parser.add_argument("--width", type=int, default=4, help="layer width of --modules")
+    parser.add_argument("--sleep", type=float, default=0.3, help="seconds per --modules module")
     parser.add_argument("--poll", type=float, default=None, help="worker --poll on github://")
     parser.add_argument("--heartbeat", type=float, default=None, help="heartbeat seconds")
     args = parser.parse_args()
-    file = args.pipeline.resolve()
+    scratch = tempfile.TemporaryDirectory()
+    if args.modules:
+        file = layered(Path(scratch.name) / "ciflow.py", args.modules, args.width, args.sleep)
+    else:
+        file = args.pipeline.resolve()
     extra_gh: list[str] = []
     if args.poll is not None:
         extra_gh += ["--poll", str(args.poll)]
@@ -95,27 +163,48 @@ def main() -> None:
         )
         twirp = emu.calls
         blobs = emu.blob_calls
+        log = emu.call_log
     with tempfile.TemporaryDirectory() as tmp:
         file_wall, file_codes, _ = run_flow(file, args.workers, f"file://{tmp}/store", {}, {}, [])
+    scratch.cleanup()
 
+    from ciflow.stores.github import name_prefix
+
+    calls = breakdown(log, name_prefix())
     total_twirp = sum(twirp.values())
     total_blob = sum(blobs.values())
     worker_minutes = args.workers * gh_wall / 60
-    list_calls = twirp.get("ListArtifacts", 0)
-    print(f"pipeline {file.name}: {modules} modules, {args.workers} workers")
+    what = f"{args.modules} generated modules" if args.modules else file.name
+    print(f"pipeline {what}: {modules} modules, {args.workers} workers")
     print(f"{'store':<10} {'wall s':>7} {'exit codes':<14}")
     print(f"{'github://':<10} {gh_wall:7.2f} {str(gh_codes):<14}")
     print(f"{'file://':<10} {file_wall:7.2f} {str(file_codes):<14}")
     print(f"ratio github/file wall: {gh_wall / file_wall:.2f}")
     print()
-    print("GitHub API calls (emulator counts, all jobs of the run, plan publishing included):")
-    for name, count in sorted(twirp.items()):
-        print(f"  {name:<28} {count:6d}  {count / modules:7.2f} per module")
+    print("Twirp calls by job, record kind and method (emulator log; polls = unfiltered lists):")
+    print(f"  {'job':<18} {'record':<10} {'method':<22} {'calls':>6} {'per module':>11}")
+    for (who, kind, method), count in sorted(calls.items()):
+        print(f"  {who:<18} {kind:<10} {method:<22} {count:6d} {count / modules:11.2f}")
+    per_module = sum(
+        c for (who, kind, _), c in calls.items()
+        if who == "worker jobs" and KINDS.get(kind) == "module"
+    )  # fmt: skip
+    per_worker = sum(
+        c for (who, kind, _), c in calls.items()
+        if who == "worker jobs" and KINDS.get(kind) == "worker"
+    )  # fmt: skip
+    polls = sum(c for (w, kind, _), c in calls.items() if kind == "(poll)" and w == "worker jobs")
+    summary = sum(c for (who, _, _), c in calls.items() if who == "plan/summary job")
+    print()
+    print(f"  module records (claims, requests, results, outputs, leases), worker jobs: "
+          f"{per_module / modules:.2f} per module")  # fmt: skip
+    print(f"  worker records (registration, heartbeats, done): {per_worker / args.workers:.1f} "
+          f"per worker = {per_worker / modules:.2f} per module")  # fmt: skip
+    print(f"  polls (ListArtifacts, whole run): {polls / worker_minutes:.1f} per worker-minute, "
+          f"{polls / modules:.2f} per module")  # fmt: skip
+    print(f"  plan job and summary reading: {summary} calls")
     for name, count in sorted(blobs.items()):
         print(f"  blob {name:<23} {count:6d}  {count / modules:7.2f} per module")
-    non_poll = total_twirp - list_calls
-    print(f"  Twirp calls per module, without ListArtifacts polls: {non_poll / modules:.2f}")
-    print(f"  ListArtifacts per worker-minute: {list_calls / worker_minutes:.1f}")
     print(
         f"  all calls: {total_twirp} Twirp + {total_blob} blob = "
         f"{(total_twirp + total_blob) / modules:.1f} per module"
