@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,9 +98,25 @@ def copy_workspaces(source: Path, dest: Path, workers: int) -> list[Path]:
 
 
 def supervise(
-    procs: list[subprocess.Popen[str]], console: Console, kills: Sequence[Kill] = ()
+    procs: list[subprocess.Popen[str]],
+    console: Console,
+    kills: Sequence[Kill] = (),
+    on_exit: Callable[[int, int], None] | None = None,
 ) -> list[int]:
-    """Interleave the workers' output, carry out ``kills``, wait; return the exit codes."""
+    """Interleave the workers' output, carry out ``kills``, wait; return the exit codes.
+
+    ``on_exit(slot, code)`` is called as each worker ends (a test's CI emulator marks its job
+    completed there, as the CI would).
+    """
+    ended: set[int] = set()
+
+    def reap() -> None:
+        for slot, proc in enumerate(procs):
+            if slot not in ended and proc.poll() is not None:
+                ended.add(slot)
+                if on_exit is not None:
+                    on_exit(slot, proc.returncode)
+
     started = time.monotonic()
     readers = []
     for slot, proc in enumerate(procs):
@@ -124,7 +140,9 @@ def supervise(
                     proc.send_signal(signal.SIGKILL)
                     console.print(f"ciflow: dry-run: killed worker {kill.slot} (SIGKILL) at "
                                   f"{now:.1f}s")  # fmt: skip
+            reap()
             time.sleep(0.02)
+        reap()
     except KeyboardInterrupt:
         for proc in procs:
             if proc.poll() is None:

@@ -49,6 +49,8 @@ ARTIFACT_SERVICE = "github.actions.results.api.v1.ArtifactService"
 CACHE_SERVICE = "github.actions.results.api.v1.CacheService"
 FAULT_KINDS = frozenset({"429", "500", "503", "drop", "drop_after"})
 ARTIFACT_LIMIT_PER_JOB = 500
+#: the repository every emulated run belongs to (``GITHUB_REPOSITORY``)
+REPOSITORY = "emulated/repository"
 INVALID_NAME_CHARS = '":<>|*?\\/\r\n'
 STORAGE_VERSION = "2025-05-05"
 _CHUNK = 1 << 20
@@ -93,7 +95,8 @@ class Faults:
     ``rate`` of the calls get one of ``kinds``: "429" (with ``Retry-After: retry_after``), "500",
     "503", "drop" (connection closed, request not applied) or "drop_after" (applied, then the
     connection is closed without an answer). ``latency`` seconds are added to every call. Faults
-    hit Twirp calls (only ``methods`` if given) and, with ``blobs``, blob requests too.
+    hit Twirp calls and the REST jobs API (method ``ListJobsForWorkflowRunAttempt``), only
+    ``methods`` if given, and with ``blobs`` blob requests too.
     """
 
     rate: float = 0.0
@@ -385,6 +388,12 @@ class GitHubEmulator:
         self._calls: Counter[str] = Counter()
         self._blob_calls: Counter[str] = Counter()
         self._call_log: list[tuple[str, str, str | None]] = []
+        #: False: the jobs API answers 403, as for a token without ``actions: read``
+        self.jobs_api = True
+        self._jobs: dict[str, dict[str, dict[str, Any]]] = {}  # run -> job -> jobs API record
+        self._job_numbers = itertools.count(51725241954)
+        self._rest_tokens: dict[str, str] = {}  # GITHUB_TOKEN -> run
+        self._rest_calls = 0
         self._faults = Faults()
         self._rng = random.Random(0)
         self._next_id = itertools.count(1)
@@ -486,8 +495,20 @@ class GitHubEmulator:
         return f"{head}.{body}.{_b64url(sig)}"
 
     def env(self, run_id: str, job_id: str) -> dict[str, str]:
-        """The variables a runner gives a JavaScript action for these services (one job)."""
+        """The variables a runner gives a JavaScript action for these services (one job).
+
+        The job starts (``in_progress`` in the jobs API) on the first call for it. Besides the
+        runtime variables: ``GITHUB_API_URL``/``GITHUB_REPOSITORY``/``GITHUB_TOKEN`` for the
+        REST jobs API, and ``CIFLOW_JOB_ID``, what the reusable action exports from
+        ``job.check_run_id``.
+        """
+        job = self._start_job(run_id, job_id)
         return {
+            "GITHUB_API_URL": self.url,
+            "GITHUB_REPOSITORY": REPOSITORY,
+            "GITHUB_TOKEN": self._rest_token(run_id),
+            "CIFLOW_JOB_ID": str(job["id"]),
+            "RUNNER_NAME": str(job["runner_name"]),
             "ACTIONS_RESULTS_URL": self.url,
             "ACTIONS_RUNTIME_URL": self.url,
             "ACTIONS_CACHE_URL": self.url,
@@ -499,6 +520,78 @@ class GitHubEmulator:
             "GITHUB_RUN_ATTEMPT": "1",
             "GITHUB_JOB": job_id,
         }
+
+    # -- the REST jobs API ----------------------------------------------------------------------
+    def _rest_token(self, run_id: str) -> str:
+        with self._lock:
+            for token, run in self._rest_tokens.items():
+                if run == run_id:
+                    return token
+            token = "ghs_" + secrets.token_hex(18)
+            self._rest_tokens[token] = run_id
+            return token
+
+    def _start_job(self, run_id: str, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            jobs = self._jobs.setdefault(run_id, {})
+            if job_id not in jobs:
+                number = next(self._job_numbers)
+                jobs[job_id] = {
+                    "id": number,
+                    "run_id": run_id,
+                    "run_attempt": 1,
+                    "name": job_id,
+                    "status": "in_progress",
+                    "conclusion": None,
+                    "started_at": _rfc3339(time.time()),
+                    "completed_at": None,
+                    "runner_name": f"GitHub Actions {number % 1000}",
+                }
+            return jobs[job_id]
+
+    def finish_job(self, run_id: str, job_id: str, conclusion: str = "failure") -> None:
+        """Mark a job ``completed`` in the jobs API, as GitHub does when its runner ends it."""
+        job = self._start_job(run_id, job_id)
+        with self._lock:
+            job.update(
+                status="completed", conclusion=conclusion, completed_at=_rfc3339(time.time())
+            )
+
+    @property
+    def rest_calls(self) -> int:
+        """REST (jobs API) requests received."""
+        with self._lock:
+            return self._rest_calls
+
+    def _list_jobs(self, path: str, query: dict[str, list[str]], auth: str | None) -> Any:
+        """GET /repos/{owner}/{repo}/actions/runs/{run}[/attempts/{n}]/jobs: (status, body)."""
+        with self._lock:
+            self._rest_calls += 1
+        parts = path.strip("/").split("/")[1:]  # owner, repo, "actions", "runs", run, ...
+        shape = len(parts) in (6, 8) and parts[2:4] == ["actions", "runs"] and parts[-1] == "jobs"
+        if not shape or (len(parts) == 8 and parts[5] != "attempts"):
+            return 404, {"message": "Not Found"}
+        scheme, _, token = (auth or "").partition(" ")
+        with self._lock:
+            run = (
+                self._rest_tokens.get(token.strip())
+                if scheme.lower() in ("bearer", "token")
+                else None
+            )
+            if run is None:
+                return 401, {"message": "Bad credentials"}
+            if not self.jobs_api:
+                return 403, {"message": "Resource not accessible by integration"}
+            if "/".join(parts[:2]) != REPOSITORY or parts[4] != run:
+                return 404, {"message": "Not Found"}
+            jobs = [dict(j) for j in self._jobs.get(run, {}).values()]
+        try:
+            per_page = min(100, max(1, int(query.get("per_page", ["30"])[0])))
+            page = max(1, int(query.get("page", ["1"])[0]))
+        except ValueError:
+            return 422, {"message": "Validation Failed"}
+        chunk = jobs[(page - 1) * per_page : page * per_page]
+        return 200, {"total_count": len(jobs), "jobs": chunk}
 
     def _identity(self, authorization: str | None) -> tuple[str, str]:
         scheme, _, tok = (authorization or "").partition(" ")
@@ -919,7 +1012,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._blob("PUT")
 
     def do_GET(self) -> None:
-        """Get Blob (whole or a range)."""
+        """Get Blob (whole or a range), or the REST jobs API under ``/repos/``."""
+        url = urlsplit(self.path)
+        if url.path.startswith("/repos/"):
+            fault = self.emu._draw_fault("ListJobsForWorkflowRunAttempt")
+            if fault in ("drop", "drop_after"):
+                return self._drop()
+            if fault is not None:
+                status, body = int(fault), {"message": f"injected fault {fault}"}
+                headers = {"Content-Type": "application/json"}
+                if fault == "429":
+                    headers["Retry-After"] = str(self.emu.faults.retry_after)
+                return self._send(status, headers, json.dumps(body).encode())
+            status, body = self.emu._list_jobs(
+                url.path, parse_qs(url.query), self.headers.get("Authorization")
+            )
+            data = json.dumps(body).encode()
+            return self._send(status, {"Content-Type": "application/json"}, data)
         self._blob("GET")
 
     def do_HEAD(self) -> None:

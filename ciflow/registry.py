@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 
 from .capabilities import Capabilities
+from .jobs import GitHubJobs, job_of
 from .layout import RunKeys
 from .messages import Done, Heartbeat, Registration, decode, encode
 from .stores.base import Store, StoreError
@@ -22,10 +23,15 @@ from .stores.base import Store, StoreError
 __all__ = ["HeartbeatThread", "Liveness", "new_worker_id", "read_registrations", "register"]
 
 
-def new_worker_id(slot: int) -> str:
-    """``s<slot>-<host>-<pid>``: unique per process, readable in summaries."""
+def new_worker_id(slot: int, job: str | None = None) -> str:
+    """``s<slot>-<host>-<pid>``: unique per process, readable in summaries.
+
+    With ``job`` (its CI job id, when the platform's jobs API watches it instead of
+    heartbeats) ``-j<job>`` is appended, so every observer knows which job to look at.
+    """
     host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())[:32]
-    return f"s{slot}-{host or 'host'}-{os.getpid()}"
+    worker = f"s{slot}-{host or 'host'}-{os.getpid()}"
+    return f"{worker}-j{job}" if job else worker
 
 
 def register(
@@ -117,12 +123,29 @@ class HeartbeatThread(threading.Thread):
 
 
 class Liveness:
-    """Tells, from this observer's clock, which workers stopped heartbeating."""
+    """Tells, from this observer's clock, which workers stopped heartbeating.
 
-    def __init__(self, store: Store, keys: RunKeys, timeout: float) -> None:
+    A worker whose id names its CI job (``-j<id>``) does not heartbeat: it is gone when the
+    platform's jobs API (``jobs``) reports that job completed. An observer without that API
+    counts such a worker alive until it deregisters.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        keys: RunKeys,
+        timeout: float,
+        jobs: GitHubJobs | None = None,
+        jobs_interval: float = 60.0,
+    ) -> None:
         self.store = store
         self.keys = keys
         self.timeout = timeout
+        self.jobs = jobs
+        self.jobs_interval = jobs_interval
+        self.jobs_error: str | None = None
+        self._job_states: dict[str, str] = {}
+        self._jobs_asked = -float("inf")
         self._seen: dict[str, tuple[int, float]] = {}  # worker -> (seq, when it rose)
 
     def refresh(self, listed: Iterable[str] | None = None) -> None:
@@ -142,6 +165,17 @@ class Liveness:
             if old is None or seq > old[0]:
                 self._seen[worker] = (seq, now)
 
+    def refresh_jobs(self) -> None:
+        """Ask the jobs API again, at most once per ``jobs_interval`` (call it when waiting)."""
+        if self.jobs is None or time.monotonic() - self._jobs_asked < self.jobs_interval:
+            return
+        self._jobs_asked = time.monotonic()
+        try:
+            self._job_states = self.jobs.statuses()
+            self.jobs_error = None
+        except StoreError as exc:  # keep the last answer; try again next interval
+            self.jobs_error = str(exc)
+
     def dead(self, workers: Iterable[str], finished: Iterable[str] = ()) -> set[str]:
         """Of ``workers``, those silent for longer than the timeout (finished ones are dead)."""
         now = time.monotonic()
@@ -149,8 +183,12 @@ class Liveness:
         result = set()
         for worker in workers:
             seen = self._seen.get(worker)
+            job = job_of(worker)
             if worker in gone:
                 result.add(worker)
+            elif job is not None:
+                if self._job_states.get(job) == "completed":
+                    result.add(worker)
             elif seen is None:
                 self._seen[worker] = (0, now)  # start the clock at first sight
             elif now - seen[1] > self.timeout:

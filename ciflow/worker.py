@@ -27,6 +27,7 @@ from .capabilities import Capabilities
 from .console import Console
 from .engine import Engine
 from .errors import CiflowError, RequirementError
+from .jobs import GitHubJobs, job_of
 from .layout import RunKeys
 from .messages import CancelRecord, Claim, Done, Lease, StealRequest, decode, encode
 from .outcome import ModuleRecord, Outcome, dependency_verdict
@@ -168,6 +169,9 @@ class Worker:
 
     def run(self) -> int:
         """Register, run until every module of the plan has a result, deregister."""
+        own_job = self._watch_jobs()
+        if own_job is not None:
+            self.worker_id = new_worker_id(self.options.slot, own_job)
         reg = register(
             self.store, self.keys, self.worker_id, self.options.slot, self.caps,
             self.options.runs_on,
@@ -175,7 +179,10 @@ class Worker:
         self._say(f"registered as {reg.worker} (slot {reg.slot}, {reg.os}/{reg.arch})")
         # the registration is the first sign of life: the first beat follows one interval later
         beats = HeartbeatThread(self.store, self.keys, self.worker_id, self.heartbeat_interval)
-        beats.start()
+        if own_job is None:
+            beats.start()
+        else:
+            self._say(f"liveness: the jobs API watches job {own_job}; no heartbeats")
         signals = [0]
 
         def on_signal(signum: int) -> None:
@@ -195,6 +202,8 @@ class Worker:
         finally:
             self._pool.shutdown(wait=not self._hard_stop, cancel_futures=True)
             beats.stop()
+            if self.liveness.jobs is not None:
+                self.liveness.jobs.close()
             try:
                 done = Done(
                     worker=self.worker_id,
@@ -217,6 +226,32 @@ class Worker:
             for item in running:
                 if item.engine is not None:
                     item.engine.interrupt()
+
+    def _watch_jobs(self) -> str | None:
+        """Where the CI's jobs API can be read, watch other workers' jobs with it.
+
+        Returns this worker's own job id when that API lists it (then this worker needs no
+        heartbeats: observers look its job up), else None.
+        """
+        if not self.store.ci_jobs_liveness:
+            return None
+        jobs = GitHubJobs.from_env(os.environ)
+        if jobs is None:
+            return None
+        try:
+            states = jobs.statuses()
+        except StoreError as exc:
+            self._say(f"liveness: heartbeats ({exc})")
+            jobs.close()
+            return None
+        self.liveness.jobs = jobs
+        self.liveness.jobs_interval = self.heartbeat_timeout / 2
+        job = os.environ.get("CIFLOW_JOB_ID", "")
+        if job not in states:
+            why = "CIFLOW_JOB_ID is not set" if not job else f"job {job} is not among the run's"
+            self._say(f"liveness: heartbeats ({why}; the action sets it from job.check_run_id)")
+            return None
+        return job
 
     # ------------------------------------------------------------------ the loop
 
@@ -357,7 +392,13 @@ class Worker:
             elif key.startswith(self.keys.done) and key not in self._finished:
                 self._finished[key] = key[len(self.keys.done) :]
         workers = list(self._registrations.values())
-        self._dead = self.liveness.dead(workers, self._finished.values())
+        finished = set(self._finished.values())
+        if not self._running and any(job_of(w) for w in workers if w not in finished):
+            error = self.liveness.jobs_error
+            self.liveness.refresh_jobs()  # idle: is a job we wait for gone? (rate-limited)
+            if self.liveness.jobs_error and self.liveness.jobs_error != error:
+                self._say(f"warning: {self.liveness.jobs_error}")
+        self._dead = self.liveness.dead(workers, finished)
 
     def _act(self, order: list[str], owner: dict[str, int], position: dict[str, int]) -> None:
         for name in order:

@@ -62,7 +62,14 @@ def github_run(
     procs = start_workers(
         4, pipeline_file=file, store_url="github://", run_id=RUN_ID, extra=FAST, env_of=envs
     )
-    codes = supervise(procs, Console(out, live=False), kills)
+    codes = supervise(  # as GitHub does, the emulator's jobs API reports ended jobs completed
+        procs,
+        Console(out, live=False),
+        kills,
+        on_exit=lambda slot, code: emu.finish_job(
+            RUN, f"work-{slot}", "success" if code == 0 else "failure"
+        ),
+    )
     with pytest.MonkeyPatch.context() as mp:
         for name, value in emu.env(RUN, "summary").items():
             mp.setenv(name, value)
@@ -94,9 +101,12 @@ def test_github_flow_matches_a_local_run(
     assert calls > 0 and emu.calls.get("CreateArtifact", 0) >= len(result.records)
 
 
+@pytest.mark.parametrize("jobs_api", [True, False])
 def test_github_flow_survives_a_killed_worker(
-    emu: GitHubEmulator, pipelines: Path, tmp_path: Path
+    emu: GitHubEmulator, pipelines: Path, tmp_path: Path, jobs_api: bool
 ) -> None:
+    """Liveness from the jobs API (no heartbeat artifacts), or heartbeats when it says 403."""
+    emu.jobs_api = jobs_api
     file = pipelines / "distributed.py"
     owner = plan_pipeline(load_pipeline(file), [RunnerPool(count=4)]).slot_of("unit_a")
     assert owner is not None
@@ -107,6 +117,14 @@ def test_github_flow_survives_a_killed_worker(
     assert {r.name: (r.outcome, r.result) for r in result.records} == expected(file)
     unit_a = next(r for r in result.records if r.name == "unit_a")
     assert unit_a.attempts == 2 and unit_a.slot != owner
+    beats = [n for m, _, n in emu.call_log if m == "CreateArtifact" and n and "~alive~" in n]
+    if jobs_api:
+        assert out.count("liveness: the jobs API watches job") == 4, out
+        assert beats == [] and emu.rest_calls >= 4
+        assert f"taking over unit_a from s{owner}-" in out and "-j" in unit_a.worker
+    else:
+        assert out.count("liveness: heartbeats (GitHub jobs API: HTTP 403") == 4, out
+        assert beats  # liveness needed heartbeat artifacts
 
 
 def test_github_flow_with_429s_and_5xx(

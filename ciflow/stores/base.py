@@ -75,6 +75,9 @@ class Store(ABC):
     heartbeat_interval: float = 1.0
     #: one list call returns every key whatever the prefix (so workers list everything at once)
     lists_everything: bool = False
+    #: the store lives in a CI platform whose jobs API tells when a worker's job ended, which
+    #: replaces heartbeats where the token allows it (see ciflow/jobs.py)
+    ci_jobs_liveness: bool = False
 
     def __init__(self, url: str) -> None:
         self.url = url

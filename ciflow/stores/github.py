@@ -798,10 +798,13 @@ class GitHubArtifactStore(DownloadingStore):
     min_poll_interval = 2.0  # every look is an API call: no quick first polls
     #: a worker lists the run (1 call) this often
     slow_poll = 5.0
-    #: a beat is a create and a delete of the previous one (4 calls): every 30 s, stale after 120 s
+    #: without the jobs API, a beat is a create and a delete of the previous one (4 calls):
+    #: every 30 s, stale after 120 s
     heartbeat_interval = 30.0
     #: ListArtifacts returns every artifact of the run in one call
     lists_everything = True
+    #: workers are jobs of the run: the jobs API says when one ended (no heartbeat artifacts)
+    ci_jobs_liveness = True
 
     def __init__(
         self,
