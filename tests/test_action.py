@@ -255,6 +255,7 @@ INPUTS = {
     "ciflow-version",
     "args",
     "run-id",
+    "token",
 }
 
 
@@ -285,7 +286,7 @@ def test_action_steps(action: dict[str, Any]) -> None:
             # Inputs reach shell code only through env:, never pasted in (script injection).
             assert "${{" not in step["run"], step.get("name")
             for value in step.get("env", {}).values():
-                assert re.fullmatch(r"\$\{\{ (inputs|steps)\.[\w.-]+ \}\}", value), value
+                assert re.fullmatch(r"\$\{\{ (inputs|steps|job)\.[\w.-]+ \}\}", value), value
         else:
             assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", step["uses"]), step["uses"]
     [script_step] = [s for s in steps if s.get("uses", "").startswith("actions/github-script@")]
@@ -375,7 +376,12 @@ else:
     os.execv({python!r}, [{python!r}, *args])
 """
 
-GITHUB = {"github.run_id": "4242", "github.run_attempt": "2"}
+GITHUB = {
+    "github.run_id": "4242",
+    "github.run_attempt": "2",
+    "github.token": "ghs_job_token",
+    "job.check_run_id": "51725241954",
+}
 
 
 class Runner:
@@ -715,3 +721,11 @@ def test_ci_pipeline_runs_every_test_file_once() -> None:
     assert "tests/test_action.py" in groups["tests-rest"]
     assert all(groups.values()), groups
     assert module.repo_root(ROOT / "ci") == ROOT
+
+
+def test_worker_step_gets_its_job_id_and_a_token_for_the_jobs_api(runner: Runner) -> None:
+    env = _step(runner.action, "run")["env"]
+    steps = {"steps.install.outputs.python": "python"}
+    assert runner.expand(env["CIFLOW_JOB_ID"], {}, steps) == "51725241954"
+    assert runner.expand(env["CIFLOW_GITHUB_TOKEN"], {}, steps) == "ghs_job_token"
+    assert runner.expand(env["CIFLOW_GITHUB_TOKEN"], {"token": ""}, steps) == ""
