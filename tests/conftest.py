@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ciflow.emulator import Faults, GitHubEmulator
 from ciflow.masking import MASKER
 from ciflow.modules import reset_registry
 
@@ -41,3 +42,22 @@ def pipelines() -> Path:
 def out() -> io.StringIO:
     """A stream to hand a `Console`; read it with ``out.getvalue()``."""
     return io.StringIO()
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[GitHubEmulator]:
+    """One GitHub emulator on loopback per test module."""
+    with GitHubEmulator("127.0.0.1", 0) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(emulator: GitHubEmulator) -> Iterator[GitHubEmulator]:
+    """The module's emulator with default settings, no faults and zeroed counters."""
+    emulator.faults = Faults()
+    emulator.artifact_limit = 500
+    emulator.jobs_api = True
+    emulator.reset_calls()
+    yield emulator
+    emulator.faults = Faults()
+    emulator.jobs_api = True

@@ -41,11 +41,18 @@ def _node(script: str, steps: list[Any], env: dict[str, str], cwd: Path) -> list
         pytest.fail("node is not on PATH: install Node.js 20+ and run `npm ci --prefix tests/js`")
     cwd.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env, "GITHUB_WORKSPACE": str(cwd), "RUNNER_TEMP": str(cwd / "_t")}
-    proc = subprocess.run([node, str(JS / script), json.dumps(steps)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [node, str(JS / script), json.dumps(steps)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-4000:] + proc.stderr[-4000:]
-    results: list[dict[str, Any]] = json.loads(lines[-1][len("RESULT "):])
+    results: list[dict[str, Any]] = json.loads(lines[-1][len("RESULT ") :])
     return results
 
 
@@ -54,14 +61,24 @@ def _values(results: list[dict[str, Any]]) -> list[Any]:
     return [r["value"] for r in results]
 
 
-def _rpc(emu: GitHubEmulator, method: str, body: dict[str, Any] | str, *, job: str = "job-a",
-         token: str | None = None, service: str = ARTIFACT_SERVICE,
-         timeout: float = 10) -> requests.Response:
+def _rpc(
+    emu: GitHubEmulator,
+    method: str,
+    body: dict[str, Any] | str,
+    *,
+    job: str = "job-a",
+    token: str | None = None,
+    service: str = ARTIFACT_SERVICE,
+    timeout: float = 10,
+) -> requests.Response:
     auth = token if token is not None else emu.token(RUN, job)
     data = body if isinstance(body, str) else json.dumps(body)
-    return requests.post(f"{emu.url}twirp/{service}/{method}", data=data, timeout=timeout,
-                         headers={"Authorization": f"Bearer {auth}",
-                                  "Content-Type": "application/json"})
+    return requests.post(
+        f"{emu.url}twirp/{service}/{method}",
+        data=data,
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {auth}", "Content-Type": "application/json"},
+    )
 
 
 def _ids(job: str = "job-a") -> dict[str, str]:
@@ -81,14 +98,22 @@ def _put_blocks(url: str, blocks: list[tuple[str, bytes]], order: list[str]) -> 
         resp = requests.put(url, params={"comp": "block", "blockid": bid}, data=data, timeout=10)
         assert resp.status_code == 201, resp.text
     xml = "".join(f"<Latest>{base64.b64encode(b.encode()).decode()}</Latest>" for b in order)
-    resp = requests.put(url, params={"comp": "blocklist"}, timeout=10,
-                        data=f'<?xml version="1.0" encoding="utf-8"?><BlockList>{xml}</BlockList>')
+    resp = requests.put(
+        url,
+        params={"comp": "blocklist"},
+        timeout=10,
+        data=f'<?xml version="1.0" encoding="utf-8"?><BlockList>{xml}</BlockList>',
+    )
     assert resp.status_code == 201, resp.text
 
 
 def _finalize(emu: GitHubEmulator, name: str, data: bytes, job: str = "job-a") -> str:
-    body = {**_ids(job), "name": name, "size": str(len(data)),
-            "hash": "sha256:" + hashlib.sha256(data).hexdigest()}
+    body = {
+        **_ids(job),
+        "name": name,
+        "size": str(len(data)),
+        "hash": "sha256:" + hashlib.sha256(data).hexdigest(),
+    }
     resp = _rpc(emu, "FinalizeArtifact", body, job=job)
     assert resp.status_code == 200, resp.text
     art_id: str = resp.json()["artifact_id"]
@@ -104,24 +129,38 @@ def _list(emu: GitHubEmulator, job: str = "job-b", **filters: Any) -> list[dict[
 
 # -- the official clients ------------------------------------------------------------------------
 def test_official_artifact_client_upload_in_one_job_download_in_another(
-        emu: GitHubEmulator, tmp_path: Path) -> None:
+    emu: GitHubEmulator, tmp_path: Path
+) -> None:
     src = tmp_path / "a"
     (src / "sub").mkdir(parents=True)
     (src / "x.txt").write_text("hello from job a\n")
     payload = os.urandom(300_000)
     (src / "sub" / "y.bin").write_bytes(payload)
     files = [str(src / "x.txt"), str(src / "sub" / "y.bin")]
-    up = _node("artifact.mjs", [["upload", "results", str(src), *files],
-                                ["upload", "results", str(src), files[0]]],
-               emu.env(RUN, "job-a"), src)
+    up = _node(
+        "artifact.mjs",
+        [["upload", "results", str(src), *files], ["upload", "results", str(src), files[0]]],
+        emu.env(RUN, "job-a"),
+        src,
+    )
     assert up[0]["ok"] and up[0]["value"]["id"] >= 1 and len(up[0]["value"]["digest"]) == 64
     assert not up[1]["ok"] and "(409) Conflict" in up[1]["error"]
 
     dst = tmp_path / "b"
-    listed, by_id, by_name, deleted, after = _values(_node(
-        "artifact.mjs", [["list"], ["download", str(up[0]["value"]["id"]), str(dst / "by-id")],
-                         ["download", "results", str(dst / "by-name")], ["delete", "results"],
-                         ["list"]], emu.env(RUN, "job-b"), dst))
+    listed, by_id, by_name, deleted, after = _values(
+        _node(
+            "artifact.mjs",
+            [
+                ["list"],
+                ["download", str(up[0]["value"]["id"]), str(dst / "by-id")],
+                ["download", "results", str(dst / "by-name")],
+                ["delete", "results"],
+                ["list"],
+            ],
+            emu.env(RUN, "job-b"),
+            dst,
+        )
+    )
     assert [a["name"] for a in listed["artifacts"]] == ["results"]
     assert listed["artifacts"][0]["digest"] == "sha256:" + up[0]["value"]["digest"]
     assert not by_id["digestMismatch"] and not by_name["digestMismatch"]
@@ -133,52 +172,83 @@ def test_official_artifact_client_upload_in_one_job_download_in_another(
 
 
 def test_official_cache_client_save_in_one_job_restore_in_another(
-        emu: GitHubEmulator, tmp_path: Path) -> None:
+    emu: GitHubEmulator, tmp_path: Path
+) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     (a / "data").mkdir(parents=True)
     payload = os.urandom(200_000)
     (a / "data" / "blob.bin").write_bytes(payload)
-    available, saved, again = _values(_node(
-        "cache.mjs", [{"op": "available"}, {"op": "save", "key": "deps-1", "paths": ["data"]},
-                      {"op": "save", "key": "deps-1", "paths": ["data"]}],
-        emu.env(RUN, "job-a"), a))
+    available, saved, again = _values(
+        _node(
+            "cache.mjs",
+            [
+                {"op": "available"},
+                {"op": "save", "key": "deps-1", "paths": ["data"]},
+                {"op": "save", "key": "deps-1", "paths": ["data"]},
+            ],
+            emu.env(RUN, "job-a"),
+            a,
+        )
+    )
     assert available is True and saved > 0 and again == -1  # the second save: 409, not saved
-    exact, prefix, miss = _values(_node(
-        "cache.mjs", [{"op": "restore", "key": "deps-1", "paths": ["data"]},
-                      {"op": "restore", "key": "deps-2", "restoreKeys": ["deps-"],
-                       "paths": ["data"]},
-                      {"op": "restore", "key": "other", "paths": ["data"]}],
-        emu.env(RUN, "job-b"), b))
+    exact, prefix, miss = _values(
+        _node(
+            "cache.mjs",
+            [
+                {"op": "restore", "key": "deps-1", "paths": ["data"]},
+                {"op": "restore", "key": "deps-2", "restoreKeys": ["deps-"], "paths": ["data"]},
+                {"op": "restore", "key": "other", "paths": ["data"]},
+            ],
+            emu.env(RUN, "job-b"),
+            b,
+        )
+    )
     assert (exact, prefix, miss) == ("deps-1", "deps-1", None)
     assert (b / "data" / "blob.bin").read_bytes() == payload
     assert emu.calls["CreateCacheEntry"] == 2 and emu.calls["GetCacheEntryDownloadURL"] == 3
 
 
 def test_azure_sdk_blocks_single_put_properties_and_ranges(
-        emu: GitHubEmulator, tmp_path: Path) -> None:
+    emu: GitHubEmulator, tmp_path: Path
+) -> None:
     data = os.urandom(300_000)
     src = tmp_path / "payload.bin"
     src.write_bytes(data)
     blocks_url, stream_url = _create(emu, "blocks"), _create(emu, "stream")
     resp = _rpc(emu, "CreateCacheEntry", {"key": "k", "version": "v"}, service=CACHE_SERVICE)
     single_url = resp.json()["signed_upload_url"]
-    ups = _values(_node("blob.mjs", [["uploadFile", blocks_url, str(src), 65_536, 65_536],
-                                     ["uploadStream", stream_url, str(src), 100_000],
-                                     ["uploadFile", single_url, str(src), 65_536, 1 << 20]],
-                        {}, tmp_path))
+    ups = _values(
+        _node(
+            "blob.mjs",
+            [
+                ["uploadFile", blocks_url, str(src), 65_536, 65_536],
+                ["uploadStream", stream_url, str(src), 100_000],
+                ["uploadFile", single_url, str(src), 65_536, 1 << 20],
+            ],
+            {},
+            tmp_path,
+        )
+    )
     assert all(u["status"] == 201 and u["etag"] for u in ups)
     calls = emu.blob_calls
     assert calls["PutBlock"] == 5 + 3 and calls["PutBlockList"] == 2 and calls["PutBlob"] == 1
 
     _finalize(emu, "blocks", data)
     _finalize(emu, "stream", data)
-    resp = _rpc(emu, "FinalizeCacheEntryUpload", {"key": "k", "version": "v",
-                                                  "sizeBytes": len(data)}, service=CACHE_SERVICE)
+    resp = _rpc(
+        emu,
+        "FinalizeCacheEntryUpload",
+        {"key": "k", "version": "v", "sizeBytes": len(data)},
+        service=CACHE_SERVICE,
+    )
     assert resp.json()["ok"] is True
-    urls = [_rpc(emu, "GetSignedArtifactURL", {**_ids(), "name": n}).json()["signed_url"]
-            for n in ("blocks", "stream")]
-    resp = _rpc(emu, "GetCacheEntryDownloadURL", {"key": "k", "version": "v"},
-                service=CACHE_SERVICE)
+    urls = [
+        _rpc(emu, "GetSignedArtifactURL", {**_ids(), "name": n}).json()["signed_url"]
+        for n in ("blocks", "stream")
+    ]
+    resp = _rpc(
+        emu, "GetCacheEntryDownloadURL", {"key": "k", "version": "v"}, service=CACHE_SERVICE
+    )
     urls.append(resp.json()["signed_download_url"])
     steps: list[list[Any]] = []
     for url in urls:
@@ -196,8 +266,10 @@ def test_duplicate_name_is_409_across_jobs_even_unfinalized(emu: GitHubEmulator)
     _create(emu, "claim")
     resp = _rpc(emu, "CreateArtifact", {**_ids("job-b"), "name": "claim"}, job="job-b")
     assert resp.status_code == 409
-    assert resp.json() == {"code": "already_exists",
-                           "msg": "an artifact with this name already exists on the workflow run"}
+    assert resp.json() == {
+        "code": "already_exists",
+        "msg": "an artifact with this name already exists on the workflow run",
+    }
     assert _list(emu) == []  # unfinalized artifacts are not listed
 
 
@@ -213,21 +285,45 @@ def test_concurrent_creates_have_one_winner(emu: GitHubEmulator) -> None:
 
 
 def test_camel_and_snake_case_requests_snake_case_answers(emu: GitHubEmulator) -> None:
-    resp = _rpc(emu, "CreateArtifact", {"workflowRunBackendId": RUN,
-                                        "workflowJobRunBackendId": "job-a", "name": "camel",
-                                        "mimeType": "application/zip", "version": 7})
+    resp = _rpc(
+        emu,
+        "CreateArtifact",
+        {
+            "workflowRunBackendId": RUN,
+            "workflowJobRunBackendId": "job-a",
+            "name": "camel",
+            "mimeType": "application/zip",
+            "version": 7,
+        },
+    )
     assert resp.status_code == 200 and resp.headers["Content-Type"] == "application/json"
     assert set(resp.json()) == {"ok", "signed_upload_url"}
     _put_blocks(resp.json()["signed_upload_url"], [("b1", b"xyz")], ["b1"])
-    resp = _rpc(emu, "FinalizeArtifact", {"workflowRunBackendId": RUN,
-                                          "workflowJobRunBackendId": "job-a", "name": "camel",
-                                          "size": 3})
+    resp = _rpc(
+        emu,
+        "FinalizeArtifact",
+        {
+            "workflowRunBackendId": RUN,
+            "workflowJobRunBackendId": "job-a",
+            "name": "camel",
+            "size": 3,
+        },
+    )
     assert resp.json() == {"ok": True, "artifact_id": "1"}  # int64 as a string, as protojson
     [art] = _list(emu)
-    assert set(art) == {"workflow_run_backend_id", "workflow_job_run_backend_id", "database_id",
-                        "name", "size", "created_at"}
+    assert set(art) == {
+        "workflow_run_backend_id",
+        "workflow_job_run_backend_id",
+        "database_id",
+        "name",
+        "size",
+        "created_at",
+    }
     assert (art["database_id"], art["size"], art["workflow_job_run_backend_id"]) == (
-        "1", "3", "job-a")
+        "1",
+        "3",
+        "job-a",
+    )
     assert art["created_at"].endswith("Z")
 
 
@@ -254,11 +350,13 @@ def test_errors_are_twirp_json(emu: GitHubEmulator) -> None:
         (_rpc(emu, "Nope", {}), 404, "bad_route"),
         (_rpc(emu, "ListArtifacts", "{not json"), 400, "malformed"),
         (_rpc(emu, "ListArtifacts", {"workflow_run_backend_id": RUN}), 400, "invalid_argument"),
-        (_rpc(emu, "ListArtifacts", {**_ids(), "workflow_run_backend_id": "other"}), 403,
-         "permission_denied"),
+        (
+            _rpc(emu, "ListArtifacts", {**_ids(), "workflow_run_backend_id": "other"}),
+            403,
+            "permission_denied",
+        ),
         (_rpc(emu, "CreateArtifact", {**_ids("job-b"), "name": "x"}), 403, "permission_denied"),
-        (_rpc(emu, "FinalizeArtifact", {**_ids(), "name": "ghost", "size": "1"}), 404,
-         "not_found"),
+        (_rpc(emu, "FinalizeArtifact", {**_ids(), "name": "ghost", "size": "1"}), 404, "not_found"),
         (_rpc(emu, "GetSignedArtifactURL", {**_ids(), "name": "ghost"}), 404, "not_found"),
         (_rpc(emu, "DeleteArtifact", {**_ids(), "name": "ghost"}), 404, "not_found"),
         (_rpc(emu, "ListArtifacts", {**_ids(), "id_filter": "abc"}), 400, "malformed"),
@@ -266,9 +364,15 @@ def test_errors_are_twirp_json(emu: GitHubEmulator) -> None:
     for resp, status, code in cases:
         assert (resp.status_code, resp.json()["code"]) == (status, code), resp.text
         assert isinstance(resp.json()["msg"], str)
-    resp = requests.post(f"{emu.url}twirp/{ARTIFACT_SERVICE}/ListArtifacts", data="{}",
-                         headers={"Authorization": f"Bearer {emu.token(RUN, 'j')}",
-                                  "Content-Type": "application/protobuf"}, timeout=10)
+    resp = requests.post(
+        f"{emu.url}twirp/{ARTIFACT_SERVICE}/ListArtifacts",
+        data="{}",
+        headers={
+            "Authorization": f"Bearer {emu.token(RUN, 'j')}",
+            "Content-Type": "application/protobuf",
+        },
+        timeout=10,
+    )
     assert resp.status_code == 404 and resp.json()["code"] == "bad_route"
 
 
@@ -282,8 +386,9 @@ def test_bad_or_missing_token_is_401(emu: GitHubEmulator) -> None:
     for token in ["", "not-a-jwt", foreign, f"{head}.{forged}.{sig}"]:
         resp = _rpc(emu, "ListArtifacts", _ids(), token=token)
         assert resp.status_code == 401 and resp.json()["code"] == "unauthenticated"
-    resp = requests.post(f"{emu.url}twirp/{ARTIFACT_SERVICE}/ListArtifacts", json=_ids(),
-                         timeout=10)
+    resp = requests.post(
+        f"{emu.url}twirp/{ARTIFACT_SERVICE}/ListArtifacts", json=_ids(), timeout=10
+    )
     assert resp.status_code == 401 and resp.json()["code"] == "unauthenticated"
 
 
@@ -302,8 +407,9 @@ def test_delete_frees_the_name(emu: GitHubEmulator) -> None:
     first = _finalize(emu, "tmp", b"1")
     resp = _rpc(emu, "DeleteArtifact", {**_ids("job-b"), "name": "tmp"}, job="job-b")
     assert resp.status_code == 404  # the official client sends the artifact's own job id
-    resp = _rpc(emu, "DeleteArtifact", {**_ids(), "name": "tmp"}, job="job-b",
-                token=emu.token(RUN, "job-b"))
+    resp = _rpc(
+        emu, "DeleteArtifact", {**_ids(), "name": "tmp"}, job="job-b", token=emu.token(RUN, "job-b")
+    )
     assert resp.json() == {"ok": True, "artifact_id": first}
     assert _list(emu) == []
     _put_blocks(_create(emu, "tmp"), [("b", b"2")], ["b"])
@@ -323,18 +429,28 @@ def test_artifact_limit_per_job(emu: GitHubEmulator) -> None:
 def test_block_list_order_wins_and_uncommitted_blocks_are_discarded(emu: GitHubEmulator) -> None:
     url = _create(emu, "ordered")
     _put_blocks(url, [("b1", b"AAA"), ("b2", b"BBB"), ("b3", b"CCC")], ["b2", "b1"])
-    resp = requests.put(url, params={"comp": "blocklist"}, timeout=10,
-                        data="<BlockList><Latest>YjM=</Latest></BlockList>")  # b3: discarded
+    resp = requests.put(
+        url,
+        params={"comp": "blocklist"},
+        timeout=10,
+        data="<BlockList><Latest>YjM=</Latest></BlockList>",
+    )  # b3: discarded
     assert resp.status_code == 400 and resp.headers["x-ms-error-code"] == "InvalidBlockList"
     assert b"<Code>InvalidBlockList</Code>" in resp.content
-    resp = requests.put(url, params={"comp": "blocklist"}, timeout=10,
-                        data="<BlockList><Committed>YjE=</Committed><Latest>YjI=</Latest>"
-                             "</BlockList>")  # blocks of the committed list can be reused
+    resp = requests.put(
+        url,
+        params={"comp": "blocklist"},
+        timeout=10,
+        data="<BlockList><Committed>YjE=</Committed><Latest>YjI=</Latest></BlockList>",
+    )  # blocks of the committed list can be reused
     assert resp.status_code == 201
     resp = _rpc(emu, "FinalizeArtifact", {**_ids(), "name": "ordered", "size": "5"})
     assert resp.status_code == 400 and "size" in resp.json()["msg"]
-    resp = _rpc(emu, "FinalizeArtifact", {**_ids(), "name": "ordered", "size": "6",
-                                          "hash": "sha256:" + "0" * 64})
+    resp = _rpc(
+        emu,
+        "FinalizeArtifact",
+        {**_ids(), "name": "ordered", "size": "6", "hash": "sha256:" + "0" * 64},
+    )
     assert resp.status_code == 400 and "hash" in resp.json()["msg"]
     _finalize(emu, "ordered", b"AAABBB")
     resp = requests.put(url, headers={"x-ms-blob-type": "BlockBlob"}, data=b"late", timeout=10)
@@ -345,7 +461,10 @@ def test_block_list_order_wins_and_uncommitted_blocks_are_discarded(emu: GitHubE
     assert 'filename="ordered.zip"' in resp.headers["Content-Disposition"]
     resp = requests.get(get_url, headers={"Range": "bytes=2-3"}, timeout=10)
     assert (resp.status_code, resp.content, resp.headers["Content-Range"]) == (
-        206, b"AB", "bytes 2-3/6")
+        206,
+        b"AB",
+        "bytes 2-3/6",
+    )
     resp = requests.get(get_url, headers={"x-ms-range": "bytes=4-"}, timeout=10)
     assert (resp.status_code, resp.content) == (206, b"BB")
     resp = requests.get(get_url, headers={"Range": "bytes=9-"}, timeout=10)
@@ -361,8 +480,9 @@ def test_single_put_and_signatures(emu: GitHubEmulator) -> None:
     url = _create(emu, "single")
     resp = requests.put(url, data=b"no type header", timeout=10)
     assert resp.status_code == 400 and resp.headers["x-ms-error-code"] == "MissingRequiredHeader"
-    resp = requests.put(url.replace("sig=", "sig=0"), data=b"x", timeout=10,
-                        headers={"x-ms-blob-type": "BlockBlob"})
+    resp = requests.put(
+        url.replace("sig=", "sig=0"), data=b"x", timeout=10, headers={"x-ms-blob-type": "BlockBlob"}
+    )
     assert resp.status_code == 403 and resp.headers["x-ms-error-code"] == "AuthenticationFailed"
     resp = requests.put(url, data=b"whole", timeout=10, headers={"x-ms-blob-type": "BlockBlob"})
     assert resp.status_code == 201 and resp.headers["ETag"]
@@ -378,43 +498,60 @@ def test_single_put_and_signatures(emu: GitHubEmulator) -> None:
 def _save(emu: GitHubEmulator, key: str, version: str, data: bytes) -> None:
     resp = _rpc(emu, "CreateCacheEntry", {"key": key, "version": version}, service=CACHE_SERVICE)
     assert resp.status_code == 200, resp.text
-    requests.put(resp.json()["signed_upload_url"], data=data, timeout=10,
-                 headers={"x-ms-blob-type": "BlockBlob"}).raise_for_status()
-    resp = _rpc(emu, "FinalizeCacheEntryUpload", {"key": key, "version": version,
-                                                  "size_bytes": str(len(data))},
-                service=CACHE_SERVICE)
+    requests.put(
+        resp.json()["signed_upload_url"],
+        data=data,
+        timeout=10,
+        headers={"x-ms-blob-type": "BlockBlob"},
+    ).raise_for_status()
+    resp = _rpc(
+        emu,
+        "FinalizeCacheEntryUpload",
+        {"key": key, "version": version, "size_bytes": str(len(data))},
+        service=CACHE_SERVICE,
+    )
     assert resp.json()["ok"] is True and int(resp.json()["entry_id"]) > 0
 
 
 def test_cache_immutability_and_restore_key_order(emu: GitHubEmulator) -> None:
-    resp = _rpc(emu, "CreateCacheEntry", {"key": "pending", "version": "v1"},
-                service=CACHE_SERVICE)
+    resp = _rpc(emu, "CreateCacheEntry", {"key": "pending", "version": "v1"}, service=CACHE_SERVICE)
     assert resp.status_code == 200
-    resp = _rpc(emu, "CreateCacheEntry", {"key": "pending", "version": "v1"},
-                service=CACHE_SERVICE, job="job-b")
+    resp = _rpc(
+        emu,
+        "CreateCacheEntry",
+        {"key": "pending", "version": "v1"},
+        service=CACHE_SERVICE,
+        job="job-b",
+    )
     assert resp.status_code == 409 and resp.json() == {
         "code": "already_exists",
-        "msg": "cache entry with the same key, version, and scope already exists"}
+        "msg": "cache entry with the same key, version, and scope already exists",
+    }
     _save(emu, "deps-linux-old", "v1", b"old")
     again = {"key": "deps-linux-old", "version": "v1", "size_bytes": "3"}
     resp = _rpc(emu, "FinalizeCacheEntryUpload", again, service=CACHE_SERVICE)
     assert resp.status_code == 200  # a retried finalize succeeds again
-    resp = _rpc(emu, "FinalizeCacheEntryUpload", {**again, "size_bytes": "4"},
-                service=CACHE_SERVICE)
+    resp = _rpc(
+        emu, "FinalizeCacheEntryUpload", {**again, "size_bytes": "4"}, service=CACHE_SERVICE
+    )
     assert resp.status_code == 412 and resp.json()["code"] == "failed_precondition"
     _save(emu, "deps-linux-new", "v1", b"new")
     _save(emu, "deps-linux-new", "v2", b"other version")
 
     def lookup(key: str, restore: list[str], version: str = "v1") -> dict[str, Any]:
         body = {"key": key, "restoreKeys": restore, "version": version}
-        result: dict[str, Any] = _rpc(emu, "GetCacheEntryDownloadURL", body,
-                                      service=CACHE_SERVICE).json()
+        result: dict[str, Any] = _rpc(
+            emu, "GetCacheEntryDownloadURL", body, service=CACHE_SERVICE
+        ).json()
         return result
 
     assert lookup("deps-linux-old", [])["matched_key"] == "deps-linux-old"  # exact
     assert lookup("deps-linux-x", ["nope", "deps-"])["matched_key"] == "deps-linux-new"  # newest
     assert lookup("deps-linux-new", [], version="v3") == {
-        "ok": False, "signed_download_url": "", "matched_key": ""}
+        "ok": False,
+        "signed_download_url": "",
+        "matched_key": "",
+    }
     hit = lookup("deps-", [], version="v2")
     assert requests.get(hit["signed_download_url"], timeout=10).content == b"other version"
 
@@ -427,8 +564,12 @@ def test_fault_429_carries_retry_after(emu: GitHubEmulator) -> None:
     assert resp.json()["code"] == "resource_exhausted"
     assert emu.calls == {"ListArtifacts": 1}
     url = _create_without_faults(emu, "blob-ok")
-    assert requests.put(url, data=b"x", headers={"x-ms-blob-type": "BlockBlob"},
-                        timeout=10).status_code == 201  # blobs unaffected unless asked
+    assert (
+        requests.put(
+            url, data=b"x", headers={"x-ms-blob-type": "BlockBlob"}, timeout=10
+        ).status_code
+        == 201
+    )  # blobs unaffected unless asked
     emu.faults = Faults(rate=1.0, kinds={"503"}, blobs=True)
     resp = requests.put(url, data=b"x", headers={"x-ms-blob-type": "BlockBlob"}, timeout=10)
     assert resp.status_code == 503 and resp.headers["x-ms-error-code"] == "ServerBusy"
@@ -477,9 +618,23 @@ def test_faults_are_deterministic_with_a_seed(emu: GitHubEmulator) -> None:
 # -- CLI -----------------------------------------------------------------------------------------
 def test_cli_prints_exports_and_serves_until_interrupted(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ciflow.emulator", "--run-id", "r1", "--job-id", "j1",
-         "--job-id", "j2", "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "ciflow.emulator",
+            "--run-id",
+            "r1",
+            "--job-id",
+            "j1",
+            "--job-id",
+            "j2",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         env: dict[str, str] = {}
@@ -487,12 +642,14 @@ def test_cli_prints_exports_and_serves_until_interrupted(tmp_path: Path) -> None
             line = proc.stdout.readline()
             assert line, proc.stderr.read() if proc.stderr else ""
             if line.startswith("export "):
-                name, _, value = line[len("export "):].strip().partition("=")
+                name, _, value = line[len("export ") :].strip().partition("=")
                 env[name] = value.strip("'")
         resp = requests.post(
-            f"{env['ACTIONS_RESULTS_URL']}twirp/{ARTIFACT_SERVICE}/ListArtifacts", timeout=10,
+            f"{env['ACTIONS_RESULTS_URL']}twirp/{ARTIFACT_SERVICE}/ListArtifacts",
+            timeout=10,
             json={"workflow_run_backend_id": "r1", "workflow_job_run_backend_id": "j1"},
-            headers={"Authorization": f"Bearer {env['ACTIONS_RUNTIME_TOKEN']}"})
+            headers={"Authorization": f"Bearer {env['ACTIONS_RUNTIME_TOKEN']}"},
+        )
         assert resp.json() == {"artifacts": []}
         assert "# job j2: export ACTIONS_RUNTIME_TOKEN=" in proc.stdout.readline()
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,6 @@ from ciflow.layout import RunKeys
 from ciflow.registry import Liveness, new_worker_id
 from ciflow.stores import open_store
 from ciflow.stores.base import StoreError
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[GitHubEmulator]:
-    with GitHubEmulator("127.0.0.1", 0) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: GitHubEmulator) -> Iterator[GitHubEmulator]:
-    yield emulator
-    emulator.jobs_api = True
-    emulator.faults = Faults()
 
 
 def client(env: dict[str, str]) -> GitHubJobs:

@@ -70,22 +70,6 @@ def new_run() -> str:
     return f"run-{next(_ids)}"
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[GitHubEmulator]:
-    with GitHubEmulator("127.0.0.1", 0) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: GitHubEmulator) -> Iterator[GitHubEmulator]:
-    """The shared emulator with clean faults and counters."""
-    emulator.faults = Faults()
-    emulator.artifact_limit = 500
-    emulator.reset_calls()
-    yield emulator
-    emulator.faults = Faults()
-
-
 class Clients:
     """Opens stores for one run of an emulator and closes them all at the end."""
 

@@ -40,20 +40,6 @@ def _nodelay() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[GitHubEmulator]:
-    with GitHubEmulator("127.0.0.1", 0) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: GitHubEmulator) -> Iterator[GitHubEmulator]:
-    emulator.faults = Faults()
-    emulator.reset_calls()
-    yield emulator
-    emulator.faults = Faults()
-
-
 class Opened:
     """Opens cache stores (each in its own namespace per test) and closes them."""
 
