@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ciflow.blob import decode_result  # noqa: E402
-from ciflow.messages import Claim, Done, Registration, decode  # noqa: E402
+from ciflow.messages import Done, Registration, decode  # noqa: E402
 from ciflow.planner import DistributedExecutionPlan  # noqa: E402
 
 WALL_TARGET = 1.10
@@ -348,7 +348,7 @@ def run_graph(root: Path, graph: Graph, workers: int, scale: float, tmp: Path) -
         cpu=cpu,
     )
 
-    # the store as the workers left it: result files, claims, done records
+    # the store as the workers left it: result files, registrations, done records
     ready: dict[str, float] = {}  # result readable (mtime: before fsync + link)
     linked: dict[str, float] = {}  # ctime: the temp file's unlink right after the link
     planned = {m.name: s.slot for s in plan.slots for m in s.modules}
@@ -360,12 +360,6 @@ def run_graph(root: Path, graph: Graph, workers: int, scale: float, tmp: Path) -
         if header.outcome != "succeeded":
             raise SystemExit(f"error: {graph.name} w{workers}: {name} {header.outcome}")
         fig.stolen += header.slot != planned[name]
-    claim_at: dict[str, float] = {}
-    claim_done: dict[str, float] = {}
-    for name in names:
-        path = run / "claims" / name / "0001"
-        claim_at[name] = decode(Claim, path.read_bytes(), key=str(path)).at
-        claim_done[name] = path.stat().st_ctime
     registered = [
         decode(Registration, p.read_bytes(), key=str(p)).registered_at
         for p in (run / "workers").iterdir()
@@ -380,7 +374,7 @@ def run_graph(root: Path, graph: Graph, workers: int, scale: float, tmp: Path) -
     by_pid: dict[float, list[dict[str, float]]] = {}
     for entry in log_runs.values():
         by_pid.setdefault(entry["pid"], []).append(entry)
-    seg_names = ("publish", "detect", "claim", "launch")
+    seg_names = ("publish", "pickup")
     fig.segments = {k: [] for k in seg_names}
     for task in sorted(graph.times):
         if not graph.preds[task]:
@@ -397,9 +391,7 @@ def run_graph(root: Path, graph: Graph, workers: int, scale: float, tmp: Path) -
         fig.handoff_ms.append((start - ready[gate]) * 1e3)
         fig.end_to_end_ms.append((start - log_runs[gate]["end"]) * 1e3)
         fig.segments["publish"].append((linked[gate] - ready[gate]) * 1e3)
-        fig.segments["detect"].append((claim_at[name] - linked[gate]) * 1e3)
-        fig.segments["claim"].append((claim_done[name] - claim_at[name]) * 1e3)
-        fig.segments["launch"].append((start - claim_done[name]) * 1e3)
+        fig.segments["pickup"].append((start - linked[gate]) * 1e3)
     fig.chain = realized_chain(graph, log_runs, ready, first)
     fig.overshoot_ms = [
         (log_runs[f"t{t}"]["end"] - log_runs[f"t{t}"]["start"] - graph.times[t] * scale) * 1e3
@@ -607,7 +599,7 @@ def print_tables(figs: list[RunFigures], scale: float) -> None:
 
     print("\nHand-off breakdown, p50 ms over the dependency-gated starts\n")
     head = (
-        f"{'graph':<9} {'N':>2} {'publish':>7} {'detect':>7} {'claim':>6} {'launch':>6} "
+        f"{'graph':<9} {'N':>2} {'publish':>7} {'pick-up':>7} "
         f"{'dep end->start':>14} {'busy-worker starts':>18} {'stolen':>6}"
     )
     print(head)
@@ -618,15 +610,15 @@ def print_tables(figs: list[RunFigures], scale: float) -> None:
         if f.slot_gated_ms:
             busy = f"{len(f.slot_gated_ms)} @ {pct(f.slot_gated_ms, 50):.0f} ms"
         print(
-            f"{f.graph:<9} {f.workers:>2} {seg['publish']:>7.1f} {seg['detect']:>7.1f} "
-            f"{seg['claim']:>6.1f} {seg['launch']:>6.1f} {pct(f.end_to_end_ms, 50):>14.1f} "
+            f"{f.graph:<9} {f.workers:>2} {seg['publish']:>7.1f} {seg['pickup']:>7.1f} "
+            f"{pct(f.end_to_end_ms, 50):>14.1f} "
             f"{busy:>18} {f.stolen:>6}"
         )
     print(
         "\npublish: result mtime -> ctime (the producer's fsync + link, at file-timestamp "
-        "resolution);\ndetect: -> the dependent's claim time (the worker's poll loop); claim: "
-        "-> claim file linked\n(create + fsync); launch: -> module body starts (thread pool, "
-        "result decode, Engine).\ndep end->start: the gating dependency's body end to the "
+        "resolution);\npick-up: -> the dependent's module body starts (the worker's poll "
+        "loop, thread pool, result\ndecode, Engine; its own slot's modules need no claim)."
+        "\ndep end->start: the gating dependency's body end to the "
         "dependent's body start (the producer's\nresult encode + write included). busy-worker "
         "starts: its worker's previous module ended after\nthe last dependency's result "
         "(count @ p50 of previous end -> start). stolen: modules run off\ntheir planned slot."

@@ -430,14 +430,19 @@ def _render_run(
     order: list[str] | None,
 ) -> int:
     from .orchestrator import plan_order
+    from .registry import finished_workers
     from .report import build_report, write_report
     from .results import read_run
-    from .summary import render_summary, write_step_summary
+    from .summary import render_summary, store_calls, write_step_summary
 
     names = plan_order(store, keys) or order or []
     result = read_run(store, keys, names)
+    done = finished_workers(store, keys)
+    calls = store_calls([d.store_ops for d in done.values()], len(result.records))
     console.print(render_summary(result))
-    write_step_summary(result)
+    if calls:
+        console.print(calls)
+    write_step_summary(result, calls)
     missing = [r.name for r in result.records if r.outcome is None]
     if report is not None:
         write_report(build_report(result), report)

@@ -9,7 +9,7 @@ from .engine import RunResult
 from .masking import MASKER
 from .outcome import ModuleRecord, Outcome
 
-__all__ = ["render_summary", "to_markdown", "write_step_summary"]
+__all__ = ["render_summary", "store_calls", "to_markdown", "write_step_summary"]
 
 _MAX_ERROR_LINES = 12
 
@@ -93,7 +93,28 @@ def render_summary(result: RunResult) -> str:
     return MASKER.mask("\n".join(lines))
 
 
-def to_markdown(result: RunResult) -> str:
+def store_calls(store_ops: list[dict[str, int]], modules: int) -> str | None:
+    """One line on the store calls the workers made (from their deregistrations), or None.
+
+    Backends behind an API count each request by name (``ListArtifacts``, ``blob-upload``...,
+    what rate limits count); those are shown alone. Otherwise the store operations are.
+    """
+    total: dict[str, int] = {}
+    for ops in store_ops:
+        for name, count in ops.items():
+            total[name] = total.get(name, 0) + count
+    api = {k: v for k, v in total.items() if k[:1].isupper() or k.startswith("blob-")}
+    shown = api or total
+    if not shown:
+        return None
+    calls = sum(shown.values())
+    what = "API calls" if api else "store operations"
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(shown.items(), key=lambda kv: (-kv[1], kv[0])))
+    per = f", {calls / modules:.1f} per module" if modules else ""
+    return f"{what} by {len(store_ops)} worker(s): {calls}{per} ({parts})"
+
+
+def to_markdown(result: RunResult, footer: str | None = None) -> str:
     """The summary as GitHub-flavoured Markdown: a table and a mermaid Gantt of what ran where."""
     from .diagram import to_gantt
 
@@ -121,10 +142,12 @@ def to_markdown(result: RunResult) -> str:
             start = (rec.start or origin) - origin
             sections.setdefault(label, []).append((rec.name, start, (rec.end or origin) - origin))
         lines += ["", "```mermaid", to_gantt("what ran where", list(sections.items())), "```"]
+    if footer:
+        lines += ["", footer]
     return MASKER.mask("\n".join(lines)) + "\n"
 
 
-def write_step_summary(result: RunResult) -> None:
+def write_step_summary(result: RunResult, footer: str | None = None) -> None:
     """Append the Markdown summary to ``$GITHUB_STEP_SUMMARY`` when GitHub Actions gives one."""
     import os
 
@@ -133,7 +156,7 @@ def write_step_summary(result: RunResult) -> None:
         return
     try:
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(to_markdown(result))
+            fh.write(to_markdown(result, footer))
     except OSError as exc:
         from .errors import UsageError
 

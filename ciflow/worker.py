@@ -163,6 +163,7 @@ class Worker:
         self._asked: dict[str, float] = {}  # modules this worker asked for -> when
         self._ask_expiry = 4 * max(self.slow_poll, store.max_poll_interval) + 1.0
         self._slot_order: dict[int, list[str]] = {}
+        self._warned_twice = False
         self._dead: set[str] = set()
 
     # ------------------------------------------------------------------ public
@@ -209,12 +210,18 @@ class Worker:
                     worker=self.worker_id,
                     exit_code=code,
                     at=time.time(),
-                    store_ops=dict(self.store.stats.counts),
+                    store_ops=self._store_ops(),
                 )
                 self.store.create(self.keys.done_of(self.worker_id), encode(done), sole=True)
             except StoreError:
                 pass
         return code
+
+    def _store_ops(self) -> dict[str, int]:
+        ops = dict(self.store.stats.counts)
+        if self.liveness.jobs is not None and self.liveness.jobs.calls:
+            ops["ListJobsForWorkflowRunAttempt"] = self.liveness.jobs.calls
+        return ops
 
     def stop(self, hard: bool = False) -> None:
         """Drain: start nothing new; with ``hard``, also cancel running modules and hand back."""
@@ -384,11 +391,7 @@ class Worker:
         self.liveness.refresh(listed)
         for key in listed:  # worker ids carry their slot ("s<slot>-host-pid"): no reads needed
             if key.startswith(self.keys.workers) and key not in self._registrations:
-                worker = key[len(self.keys.workers) :]
-                slot = _slot_of(worker)
-                self._registrations[key] = worker
-                if slot is not None:
-                    self._slot_map.setdefault(slot, worker)
+                self._registrations[key] = key[len(self.keys.workers) :]
             elif key.startswith(self.keys.done) and key not in self._finished:
                 self._finished[key] = key[len(self.keys.done) :]
         workers = list(self._registrations.values())
@@ -399,6 +402,21 @@ class Worker:
             if self.liveness.jobs_error and self.liveness.jobs_error != error:
                 self._say(f"warning: {self.liveness.jobs_error}")
         self._dead = self.liveness.dead(workers, finished)
+        by_slot: dict[int, list[str]] = {}
+        for worker in sorted(workers):
+            slot = _slot_of(worker)
+            if slot is not None:
+                by_slot.setdefault(slot, []).append(worker)
+        for slot, serving in by_slot.items():  # a slot's live worker, else its dead one
+            live = [w for w in serving if w not in self._dead]
+            self._slot_map[slot] = (live or serving)[0]
+            if slot == self.options.slot and len(live) > 1 and not self._warned_twice:
+                self._warned_twice = True
+                others = ", ".join(w for w in live if w != self.worker_id)
+                self._say(
+                    f"warning: slot {slot} is also served by {others}: give each worker its own "
+                    "--slot, or modules of this slot may run twice (the first result wins)"
+                )
 
     def _act(self, order: list[str], owner: dict[str, int], position: dict[str, int]) -> None:
         for name in order:

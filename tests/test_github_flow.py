@@ -99,6 +99,17 @@ def test_github_flow_matches_a_local_run(
     assert {r.name: (r.outcome, r.result) for r in result.records} == expected(file)
     calls = sum(emu.calls.values())
     assert calls > 0 and emu.calls.get("CreateArtifact", 0) >= len(result.records)
+    # the summary job reports what the workers' API calls were
+    step_summary = tmp_path / "step_summary.md"
+    summary = runner.invoke(
+        app,
+        ["summary", "--store", "github://", "--run-id", RUN_ID],
+        env={**emu.env(RUN, "summary"), "GITHUB_STEP_SUMMARY": str(step_summary)},
+    )
+    assert summary.exit_code == 0, summary.stderr
+    line = next(x for x in summary.stdout.splitlines() if x.startswith("API calls by 4 worker(s)"))
+    assert "CreateArtifact" in line and "per module" in line
+    assert line in step_summary.read_text()
 
 
 @pytest.mark.parametrize("jobs_api", [True, False])

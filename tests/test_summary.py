@@ -62,3 +62,21 @@ def test_step_summary_is_appended_only_on_github(
     target.write_text("earlier step\n")
     write_step_summary(_result())
     assert target.read_text().startswith("earlier step\n### ciflow run r1")
+
+
+def test_store_calls_line() -> None:
+    from ciflow.summary import store_calls
+
+    github = [
+        {"create": 3, "list": 9, "ListArtifacts": 9, "CreateArtifact": 3, "blob-upload": 3},
+        {"get": 1, "ListArtifacts": 5, "GetSignedArtifactURL": 1, "blob-download": 1},
+    ]
+    line = store_calls(github, 4)
+    assert line == (
+        "API calls by 2 worker(s): 22, 5.5 per module (ListArtifacts 14, CreateArtifact 3, "
+        "blob-upload 3, GetSignedArtifactURL 1, blob-download 1)"
+    )
+    assert store_calls([{"list": 7, "create": 2}], 0) == (
+        "store operations by 1 worker(s): 9 (list 7, create 2)"
+    )
+    assert store_calls([], 3) is None and store_calls([{}], 3) is None

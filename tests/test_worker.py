@@ -494,3 +494,35 @@ def test_worker_takes_its_slot_from_gitlab(
         app, ["worker", "-f", str(file), "--store", url, "--run-id", "gl"], env={"GITLAB_CI": ""}
     )
     assert result.exit_code == 2 and "no slot: pass --slot K" in result.stderr
+
+
+def test_two_workers_for_one_slot_are_warned_and_lose_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
+    file = _chain_file(tmp_path, n=4, sleep=0.4)
+    store_dir = tmp_path / "store"
+    url = f"file://{store_dir}"
+    keys = RunKeys("test-run")
+    pipeline = load_pipeline(file)
+    publish_plan(open_store(url), keys, plan_pipeline(pipeline, [RunnerPool(count=2, os=None)]))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFLOW_STORE": url}
+    cmd = [sys.executable, "-P", "-m", "ciflow", "worker", "--run-id", "test-run", "-f", str(file)]
+    procs = [  # slot 0 twice
+        subprocess.Popen(
+            [*cmd, *FAST, "--slot", str(slot)],
+            stdout=subprocess.PIPE,
+            text=True,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
+        for slot in (0, 0, 1)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    warned = [o for o in outs[:2] if "warning: slot 0 is also served by s0-" in o]
+    assert warned, outs
+    result = read_run(open_store(url), keys, pipeline.order)
+    assert [r.result for r in result.records] == [b"1", b"2", b"3", b"4"]
+    assert {r.outcome for r in result.records} == {Outcome.SUCCEEDED}
