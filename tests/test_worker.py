@@ -206,7 +206,13 @@ def test_killed_worker_is_taken_over(
     assert codes[owner] == -signal.SIGKILL and codes[1 - owner] == 0
 
 
-def _run_plan(tmp_path: Path, file: Path, slots: list[list[str]], extra: list[str]) -> Any:
+def _run_plan(
+    tmp_path: Path,
+    file: Path,
+    slots: list[list[str]],
+    extra: list[str],
+    env_of: dict[int, dict[str, str]] | None = None,
+) -> Any:
     """Publish a plan with ``slots`` (module names per slot, in order), run, read back."""
     store_dir = tmp_path / "store"
     store = open_store(f"file://{store_dir}")
@@ -221,6 +227,7 @@ def _run_plan(tmp_path: Path, file: Path, slots: list[list[str]], extra: list[st
     procs = start_workers(
         len(slots), pipeline_file=file, store_url=f"file://{store_dir}", run_id="test-run",
         extra=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5", *extra],
+        env_of=env_of,
     )  # fmt: skip
     codes = supervise(procs, Console(out, live=False))
     return read_run(store, keys, pipeline.order), codes, store_dir, out.getvalue()
@@ -260,6 +267,28 @@ def test_idle_worker_asks_and_busy_slot_hands_a_module_over(
     assert spans["m1"]["start"] < spans["m0"]["end"]  # ran side by side, not after m0
     # nothing else was claimed: attempt 1 of the rest belonged to the plan
     assert sorted(p.name for p in (run / "claims").iterdir()) == ["m1"]
+
+
+def test_module_handed_to_a_worker_that_dies_is_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
+    file = tmp_path / "ciflow.py"
+    write_pipeline(file, [[], [], []], set(), set())
+    file.write_text(file.read_text().replace("time.sleep(0.05)", "time.sleep(1.5)"))
+    # slot 1 asks for m1, is handed it, and dies right after: slot 0 takes it over
+    result, codes, store_dir, out = _run_plan(
+        tmp_path, file, [["m0", "m1", "m2"], []], ["--jobs", "1"],
+        env_of={1: {"CIFLOW_FAILPOINT": "after-claim:m1"}},
+    )  # fmt: skip
+    assert codes == [0, -signal.SIGKILL], out
+    assert "m1 handed to s1-" in out
+    by_name = {r.name: r for r in result.records}
+    assert {r.outcome for r in result.records} == {Outcome.SUCCEEDED}
+    assert by_name["m1"].attempts == 2 and by_name["m1"].slot == 0
+    assert "taking over m1 from s1-" in out
+    run = store_dir / "runs" / "test-run" / "claims" / "m1"
+    assert sorted(p.name for p in run.iterdir()) == ["0001", "0002"]
 
 
 @pytest.mark.parametrize("when", [0.0, 1.6])  # before it claims anything; mid-module
