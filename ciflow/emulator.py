@@ -13,6 +13,11 @@ finalized artifacts are listed. A second CreateCacheEntry for a key+version that
 saved gets 409 ``already_exists``; the cache is one namespace per emulator (one repository). Blob
 bytes live under ``data_dir`` (else in a temporary folder that ``stop()`` removes together with all
 state); metadata lives in memory.
+
+It also serves the REST jobs API of its runs (``GET /repos/{owner}/{repo}/actions/runs/{run}
+[/attempts/{n}]/jobs`` with the run's ``GITHUB_TOKEN``, paginated): a job is ``in_progress``
+from its first `GitHubEmulator.env` and ``completed`` after `GitHubEmulator.finish_job`, which
+tests call when a worker process ends, as GitHub does when a job's runner finishes it.
 """
 
 from __future__ import annotations
@@ -1239,9 +1244,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in emulator.env(args.run_id, jobs[0]).items():
             print(f"export {name}={shlex.quote(value)}")
         for job in jobs[1:]:
+            other = emulator.env(args.run_id, job)
             print(
                 f"# job {job}: export ACTIONS_RUNTIME_TOKEN="
-                f"{shlex.quote(emulator.token(args.run_id, job))}"
+                f"{shlex.quote(other['ACTIONS_RUNTIME_TOKEN'])} "
+                f"CIFLOW_JOB_ID={other['CIFLOW_JOB_ID']} GITHUB_JOB={shlex.quote(job)}"
             )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -651,7 +651,19 @@ def test_cli_prints_exports_and_serves_until_interrupted(tmp_path: Path) -> None
             headers={"Authorization": f"Bearer {env['ACTIONS_RUNTIME_TOKEN']}"},
         )
         assert resp.json() == {"artifacts": []}
-        assert "# job j2: export ACTIONS_RUNTIME_TOKEN=" in proc.stdout.readline()
+        second = proc.stdout.readline()
+        assert (
+            second.startswith("# job j2: export ACTIONS_RUNTIME_TOKEN=")
+            and "GITHUB_JOB=j2" in second
+        )
+        jobs = requests.get(
+            f"{env['GITHUB_API_URL']}repos/{env['GITHUB_REPOSITORY']}/actions/runs/r1/attempts/1/jobs",
+            headers={"Authorization": f"Bearer {env['GITHUB_TOKEN']}"},
+            timeout=10,
+        ).json()
+        ids = {str(j["id"]): j["name"] for j in jobs["jobs"]}
+        assert ids[env["CIFLOW_JOB_ID"]] == "j1" and "j2" in ids.values()
+        assert f"CIFLOW_JOB_ID={[k for k, v in ids.items() if v == 'j2'][0]}" in second
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
