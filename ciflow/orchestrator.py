@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .errors import UsageError
+from .jobs import job_of
 from .layout import RunKeys
 from .messages import Claim, Heartbeat, Registration, decode
 from .outcome import Outcome
@@ -115,6 +116,8 @@ def render_status(store: Store, keys: RunKeys) -> str:
             state = f"finished (exit {done[reg.worker].exit_code})"
         elif reg.worker in beats:
             state = f"last heartbeat {now - beats[reg.worker].at:.1f}s ago"
+        elif job_of(reg.worker) is not None:
+            state = f"watched through CI job {job_of(reg.worker)} (no heartbeats)"
         else:
             state = "no heartbeat yet"
         lines.append(f"  slot {reg.slot}: {reg.worker} ({reg.os}/{reg.arch}) {state}")

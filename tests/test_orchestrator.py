@@ -34,6 +34,7 @@ def test_status_of_a_run_in_progress(tmp_path: Path, pipelines: Path) -> None:
     caps = Capabilities.detect(set(), (), 1)
     register(store, keys, "s0-a-1", 0, caps)
     register(store, keys, "s1-b-2", 1, caps)
+    register(store, keys, "s2-c-3-j51725241954", 2, caps)
     done = ModuleRecord("prepare", outcome=Outcome.SUCCEEDED, result=b"1")
     publish_result(store, keys, done, attempt=1, worker="s0-a-1", slot=0, workdir=tmp_path)
     beat = Heartbeat(worker="s0-a-1", seq=3, at=time.time(), running=["unit_a"])
@@ -44,6 +45,7 @@ def test_status_of_a_run_in_progress(tmp_path: Path, pipelines: Path) -> None:
     text = render_status(store, keys)
     assert "slot 0: s0-a-1" in text and "last heartbeat" in text
     assert "slot 1: s1-b-2" in text and "no heartbeat yet" in text
+    assert "slot 2: s2-c-3-j51725241954" in text and "watched through CI job 51725241954 (no heartbeats)" in text
     assert "prepare: succeeded by s0-a-1 (slot 0, attempt 1)" in text
     assert "unit_a: running on s0-a-1 (as of its last heartbeat)" in text
     assert "unit_b: claimed by s1-b-2 (attempt 1)" in text
