@@ -429,7 +429,7 @@ class Worker:
                 continue  # not ready yet
             held = self._holding(name, owner.get(name, -1))
             if held is None:
-                self._ask(name, owner, position)
+                self._ask(name, owner)
                 continue
             attempt, takeover_from, must_claim = held
             verdict = dependency_verdict({d: self.results.outcome(d) for d in required})  # type: ignore[misc]
@@ -486,7 +486,7 @@ class Worker:
             return listed + 1, holder, True
         return None
 
-    def _ask(self, name: str, owner: dict[str, int], position: dict[str, int]) -> None:
+    def _ask(self, name: str, owner: dict[str, int]) -> None:
         """Steal request: when idle, ask for a ready module its busy slot has not started."""
         if not self.options.steal or name in self._asked or self._claim_attempts.get(name):
             return
