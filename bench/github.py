@@ -144,6 +144,9 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.3, help="seconds per --modules module")
     parser.add_argument("--poll", type=float, default=None, help="worker --poll on github://")
     parser.add_argument("--heartbeat", type=float, default=None, help="heartbeat seconds")
+    parser.add_argument(
+        "--no-jobs-api", action="store_true", help="the jobs API answers 403: heartbeats"
+    )
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory()
     if args.modules:
@@ -157,6 +160,7 @@ def main() -> None:
         extra_gh += ["--heartbeat-interval", str(args.heartbeat)]
 
     with GitHubEmulator("127.0.0.1", 0) as emu:
+        emu.jobs_api = not args.no_jobs_api
         envs = {k: emu.env("77", f"work-{k}") for k in range(args.workers)}
         gh_wall, gh_codes, modules = run_flow(
             file, args.workers, "github://", envs, emu.env("77", "plan"), extra_gh
@@ -164,6 +168,7 @@ def main() -> None:
         twirp = emu.calls
         blobs = emu.blob_calls
         log = emu.call_log
+        rest = emu.rest_calls
     with tempfile.TemporaryDirectory() as tmp:
         file_wall, file_codes, _ = run_flow(file, args.workers, f"file://{tmp}/store", {}, {}, [])
     scratch.cleanup()
@@ -203,6 +208,8 @@ def main() -> None:
     print(f"  polls (ListArtifacts, whole run): {polls / worker_minutes:.1f} per worker-minute, "
           f"{polls / modules:.2f} per module")  # fmt: skip
     print(f"  plan job and summary reading: {summary} calls")
+    liveness = "heartbeats (jobs API off)" if args.no_jobs_api else "the jobs API"
+    print(f"  liveness by {liveness}: {rest} REST jobs API calls in all")
     for name, count in sorted(blobs.items()):
         print(f"  blob {name:<23} {count:6d}  {count / modules:7.2f} per module")
     print(
