@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from .blob import ResultHeader, decode_result, encode_result
+from .blob import OutputRef, ResultHeader, decode_result, encode_result
 from .engine import RunResult
 from .layout import RunKeys
 from .outcome import ModuleRecord, Outcome
@@ -33,10 +33,13 @@ def publish_result(
     outputs: Iterable[str] = (),
     failpoint: Callable[[], None] | None = None,
     cache: ResultCache | None = None,
+    upstream: Mapping[str, list[OutputRef]] | None = None,
 ) -> bool:
     """Upload outputs (if the module succeeded and declared any), then the result.
 
-    Returns False when another attempt's result was already there (this one is discarded).
+    ``upstream`` is the manifest of outputs shipped by the modules upstream (see
+    `ResultCache.upstream_outputs`); the result carries it on. Returns False when another
+    attempt's result was already there (this one is discarded).
     """
     outcome = record.outcome or Outcome.CANCELLED
     shipped: list[dict[str, object]] = []
@@ -67,6 +70,7 @@ def publish_result(
         payload_sha256="",
         payload_size=0,
         outputs=shipped,  # type: ignore[arg-type]
+        upstream_outputs=dict(upstream or {}),
     )
     written = store.create(keys.result(record.name), encode_result(header, payload))
     if written and cache is not None:
@@ -130,13 +134,33 @@ class ResultCache:
             return None
         return Outcome(self.load(module).outcome)
 
-    def restore_outputs(self, module: str, workdir: Path) -> int:
-        """Download and unpack ``module``'s shipped outputs into ``workdir``; files restored."""
+    def upstream_outputs(self, deps: Iterable[str]) -> dict[str, list[OutputRef]]:
+        """The shipped outputs of ``deps`` and of everything upstream of them, by module.
+
+        Read from the direct dependencies' results alone: each result carries its upstream's.
+        """
+        manifest: dict[str, list[OutputRef]] = {}
+        for dep in deps:
+            if dep not in self.present:
+                continue
+            header = self.load(dep)
+            manifest.update(header.upstream_outputs)
+            if header.outputs:
+                manifest[dep] = list(header.outputs)
+        return manifest
+
+    def restore_outputs(
+        self, module: str, workdir: Path, refs: Iterable[OutputRef] | None = None
+    ) -> int:
+        """Download and unpack ``module``'s shipped outputs (or ``refs``) into ``workdir``.
+
+        Returns the number of files restored.
+        """
         from .archive import unpack_outputs
 
-        header = self.load(module)
+        items = self.load(module).outputs if refs is None else list(refs)
         count = 0
-        for item in header.outputs:
+        for item in items:
             with tempfile.TemporaryDirectory(prefix="ciflow-in-") as tmp:
                 archive = Path(tmp) / "outputs.tar.zst"
                 if not self.store.get_to_file(item.key, archive):

@@ -575,9 +575,11 @@ class Worker:
         else:
             record.error = reason
         self.console.module_finished(record)
+        deps = [d.name for d in self.pipeline.modules[name].depends_on]
         publish_result(
             self.store, self.keys, record, attempt=attempt, worker=self.worker_id,
             slot=self.options.slot, workdir=self.options.workdir, cache=self.results,
+            upstream=self.results.upstream_outputs(deps),
         )  # fmt: skip
 
     # ------------------------------------------------------------------ leases
@@ -644,10 +646,16 @@ class Worker:
                 if self.results.outcome(dep.name) in (Outcome.SUCCEEDED, Outcome.CACHED):
                     binding = self.pipeline.bindings[dep.name].result
                     provided[dep.name] = binding.decode(self.results.payload(dep.name), dep.name)
-                if dep.name not in self._restored and self.results.load(dep.name).outputs:
-                    count = self.results.restore_outputs(dep.name, self.options.workdir)
-                    self._restored.add(dep.name)
-                    self._say(f"restored {count} output file(s) of {dep.name}")
+            # the files of the whole upstream, as in one workspace: outputs shipped by any
+            # module upstream, restored in dependency order (later ones overwrite earlier ones)
+            upstream = self.results.upstream_outputs(d.name for d in mod.depends_on)
+            for source in [n for n in self.pipeline.order if n in upstream]:
+                if source not in self._restored:
+                    count = self.results.restore_outputs(
+                        source, self.options.workdir, upstream[source]
+                    )
+                    self._restored.add(source)
+                    self._say(f"restored {count} output file(s) of {source}")
             engine = Engine(
                 self.pipeline,
                 Selection((name,), frozenset()),
@@ -677,7 +685,9 @@ class Worker:
                 self.store, self.keys, record, attempt=item.attempt, worker=self.worker_id,
                 slot=self.options.slot, workdir=self.options.workdir, outputs=mod.outputs,
                 failpoint=lambda: _failpoint("after-outputs", name), cache=self.results,
+                upstream=upstream,
             )  # fmt: skip
+            self._restored.add(name)  # its files are in this workspace: never download them
             if not written:
                 self._say(f"{name}: a result of another attempt was first; this one is dropped")
                 return

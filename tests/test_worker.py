@@ -555,3 +555,57 @@ def test_two_workers_for_one_slot_are_warned_and_lose_nothing(
     result = read_run(open_store(url), keys, pipeline.order)
     assert [r.result for r in result.records] == [b"1", b"2", b"3", b"4"]
     assert {r.outcome for r in result.records} == {Outcome.SUCCEEDED}
+
+
+TRANSITIVE = """
+from pathlib import Path
+import ciflow
+
+
+@ciflow.module(outputs=["out/a.txt"], cost=1)
+def make(ctx) -> None:
+    Path("out").mkdir(exist_ok=True)
+    Path("out/a.txt").write_text("from make")
+
+
+@ciflow.module(depends_on=[make], cost=1)
+def middle(ctx) -> int:
+    return len(Path("out/a.txt").read_text())
+
+
+@ciflow.module(depends_on=[middle], cost=1)
+def use(ctx, middle: int) -> str:
+    return Path("out/a.txt").read_text() + f" ({middle})"
+"""
+
+
+def test_outputs_of_the_whole_upstream_are_restored(tmp_path: Path) -> None:
+    """``use`` reads a file of ``make``, two steps up, on a worker that ran neither."""
+    from ciflow.dryrun import copy_workspaces
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ciflow.py").write_text(TRANSITIVE)
+    spaces = copy_workspaces(src, tmp_path / "ws", 2)
+    store_dir = tmp_path / "store"
+    store = open_store(f"file://{store_dir}")
+    keys = RunKeys("test-run")
+    pipeline = load_pipeline(spaces[0] / "ciflow.py")
+    plan = plan_pipeline(pipeline, [RunnerPool(count=2, os=None)])
+    entries = {m.name: m for s in plan.slots for m in s.modules}
+    plan.slots[0].modules = [entries["make"], entries["middle"]]
+    plan.slots[1].modules = [entries["use"]]
+    publish_plan(store, keys, plan)
+    out = io.StringIO()
+    procs = start_workers(
+        2, pipeline_file=Path("ciflow.py"), store_url=f"file://{store_dir}", run_id="test-run",
+        extra=[*FAST, "--no-steal"], workspaces=spaces,
+    )  # fmt: skip
+    codes = supervise(procs, Console(out, live=False))
+    assert codes == [0, 0], out.getvalue()
+    result = read_run(store, keys, pipeline.order)
+    assert {r.name: r.result for r in result.records}["use"] == b'"from make (9)"'
+    lines = out.getvalue().splitlines()
+    assert any(x.startswith("w1 | ") and "restored 1 output file(s) of make" in x for x in lines)
+    assert not any(x.startswith("w0 | ") and "restored" in x for x in lines)  # its own files
+    assert (spaces[1] / "out" / "a.txt").read_text() == "from make"
