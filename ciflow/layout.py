@@ -73,6 +73,14 @@ class RunKeys:
         return f"{self.leases(resource)}{place:04d}"
 
     @property
+    def quiet_prefix(self) -> str:
+        return self.root + "quiet/"
+
+    def quiet(self, module: str, attempt: int, worker: str) -> str:
+        """``worker`` runs nothing while ``module`` (not_in_parallel=True) runs alone."""
+        return f"{self.quiet_prefix}{module}/{attempt:04d}/{worker}"
+
+    @property
     def done(self) -> str:
         return self.root + "done/"
 

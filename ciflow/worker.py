@@ -12,6 +12,7 @@ retries and cancellation mean exactly what they mean in ``ciflow run``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -164,6 +165,13 @@ class Worker:
         self._ask_expiry = 4 * max(self.slow_poll, store.max_poll_interval) + 1.0
         self._slot_order: dict[int, list[str]] = {}
         self._warned_twice = False
+        # not_in_parallel=True across workers: the holder of the run-alone lease waits until
+        # every other live worker says it is quiet; the others pause until its result is in
+        self._alone_wait: tuple[str, int, list[str], int] | None = None  # ours, not started
+        self._listings = 0  # whole-namespace listings read so far
+        self._alone_seen: Lease | None = None  # the run-alone lease as another worker holds it
+        self._quiet: set[str] = set()  # listed quiet keys
+        self._acked: set[tuple[str, int]] = set()
         self._dead: set[str] = set()
 
     # ------------------------------------------------------------------ public
@@ -317,6 +325,8 @@ class Worker:
                 self._refresh_workers(everything)
                 self._read_claims(everything)
                 self._read_cancel(everything)
+                self._read_alone(everything)
+                self._listings += 1
                 if now >= next_slow:
                     next_slow = now + self.slow_poll
             elif any(self.results.outcome(n) in _FAILING for n in changed):
@@ -324,7 +334,15 @@ class Worker:
             with self._lock:
                 beats.running = sorted(self._running)
             if not self._draining:
-                self._act(order, owner, position)
+                if self._alone_wait is not None:
+                    self._start_alone_when_quiet()
+                elif self._paused():
+                    self._ack_quiet()
+                else:
+                    self._act(order, owner, position)
+            elif self._alone_wait is not None:
+                self._drop_leases(self._alone_wait[2])  # hand it back, never started
+                self._alone_wait = None
             elif not self._running:
                 break  # drained: hand back what is left and leave
             if whole:
@@ -456,6 +474,11 @@ class Worker:
             if takeover_from:
                 self._say(f"taking over {name} from {takeover_from} (attempt {attempt})")
             _failpoint("after-claim", name)
+            if mod.alone:
+                # first the others go quiet; and whoever registered before our lease
+                # must be in a listing made after it (two listings on, to be sure)
+                self._alone_wait = (name, attempt, leases, self._listings + 2)
+                return
             self._start(name, attempt, leases)
 
     def _holding(self, name: str, owner_slot: int) -> tuple[int, str | None, bool] | None:
@@ -547,6 +570,63 @@ class Worker:
             self._claims[name] = (1, claim)
             self._claim_attempts[name] = 1
             self._say(f"{name} handed to {worker}, which asked for it")
+
+    # ------------------------------------------------------------------ run alone
+
+    def _read_alone(self, listed: list[str]) -> None:
+        """Note a module another worker runs alone (not_in_parallel=True), and quiet workers."""
+        self._quiet = {k for k in listed if k.startswith(self.keys.quiet_prefix)}
+        key = self.keys.lease(_resource("@alone"), 0)
+        if key not in listed:
+            self._alone_seen = None
+            return
+        seen = self._alone_seen
+        if seen is not None and seen.module not in self.results.present:
+            if seen.worker not in self._dead:
+                return  # the same episode, still on
+        if self._alone_wait is not None or any(
+            self.pipeline.modules[r].alone for r in self._running
+        ):
+            return  # the lease is ours
+        data = self.store.get(key)
+        self._alone_seen = None if data is None else decode(Lease, data, key=key)
+
+    def _paused(self) -> bool:
+        """Does a module run alone on another worker (or wait for the others to go quiet)?"""
+        seen = self._alone_seen
+        return (
+            seen is not None
+            and seen.worker != self.worker_id
+            and seen.module not in self.results.present
+            and seen.worker not in self._dead
+        )
+
+    def _ack_quiet(self) -> None:
+        """Paused: once nothing runs here, tell the alone module's worker so (once)."""
+        seen = self._alone_seen
+        if seen is None or self._running or (seen.module, seen.attempt) in self._acked:
+            return
+        record = json.dumps({"worker": self.worker_id, "at": time.time()}).encode()
+        self.store.create(self.keys.quiet(seen.module, seen.attempt, self.worker_id), record,
+                          sole=True)  # fmt: skip
+        self._acked.add((seen.module, seen.attempt))
+        self._say(f"quiet while {seen.module} runs alone on {seen.worker}")
+
+    def _start_alone_when_quiet(self) -> None:
+        """Start our run-alone module once every other live worker is quiet."""
+        assert self._alone_wait is not None
+        name, attempt, leases, listing = self._alone_wait
+        if self._running or self._listings < listing:
+            return
+        missing = [
+            w for w in self._registrations.values()
+            if w != self.worker_id and w not in self._dead
+            and self.keys.quiet(name, attempt, w) not in self._quiet
+        ]  # fmt: skip
+        if missing:
+            return
+        self._alone_wait = None
+        self._start(name, attempt, leases)
 
     def _waited_long_enough(self) -> bool:
         return time.monotonic() - self._started > self.heartbeat_timeout

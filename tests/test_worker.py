@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +60,20 @@ def {name}(ctx{params}) -> int:
 """
 
 
-def write_pipeline(path: Path, deps: list[list[int]], failing: set[int], keyed: set[int]) -> None:
+def write_pipeline(
+    path: Path,
+    deps: list[list[int]],
+    failing: set[int],
+    keyed: set[int],
+    alone: Collection[int] = (),
+) -> None:
     text = TEMPLATE
     for i, ds in enumerate(deps):
         names = [f"m{d}" for d in ds]
         text += MODULE.format(
             name=f"m{i}",
             deps=repr(names),
-            keys="db" if i in keyed else (),
+            keys=True if i in alone else "db" if i in keyed else (),
             cost=1,
             params="".join(f", {n}: int" for n in names),
             sleep=0.05,
@@ -125,26 +132,30 @@ def read_log(path: Path) -> dict[str, dict[str, float]]:
     return spans
 
 
+Case = tuple[list[list[int]], set[int], set[int], set[int], int]
+
+
 @st.composite
-def dags(draw: st.DrawFn) -> tuple[list[list[int]], set[int], set[int], int]:
+def dags(draw: st.DrawFn) -> Case:
     n = draw(st.integers(2, 9))
     deps = [sorted(draw(st.sets(st.integers(0, i - 1), max_size=2))) if i else [] for i in range(n)]
     failing = draw(st.sets(st.integers(0, n - 1), max_size=1))
     keyed = draw(st.sets(st.integers(0, n - 1), max_size=4))
-    return deps, failing, keyed, draw(st.integers(2, 8))
+    alone = draw(st.sets(st.integers(0, n - 1), max_size=1)) - keyed
+    return deps, failing, keyed, alone, draw(st.integers(2, 8))
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=dags())
 def test_distributed_invariants_on_random_pipelines(
-    tmp_path_factory: pytest.TempPathFactory, case: tuple[list[list[int]], set[int], set[int], int]
+    tmp_path_factory: pytest.TempPathFactory, case: Case
 ) -> None:
-    deps, failing, keyed, workers = case
+    deps, failing, keyed, alone, workers = case
     tmp_path = tmp_path_factory.mktemp("run")
     log = tmp_path / "log.jsonl"
     os.environ["CIFLOW_TEST_LOG"] = str(log)
     file = tmp_path / "ciflow.py"
-    write_pipeline(file, deps, failing, keyed)
+    write_pipeline(file, deps, failing, keyed, alone)
     try:
         result, codes, store_dir, out = distributed_run(
             tmp_path, file, workers, extra=["--keep-going"]
@@ -170,6 +181,10 @@ def test_distributed_invariants_on_random_pipelines(
             if a < b:  # not_in_parallel holds across worker processes
                 x, y = spans[a], spans[b]
                 assert x["end"] <= y["start"] or y["end"] <= x["start"], (a, b)
+    for a in (f"m{i}" for i in alone if f"m{i}" in spans):  # not_in_parallel=True: alone
+        x = spans[a]
+        for b, y in spans.items():
+            assert b == a or x["end"] <= y["start"] or y["end"] <= x["start"], (a, b, out)
     assert (1 in codes) == bool(failing)
 
 
@@ -609,3 +624,25 @@ def test_outputs_of_the_whole_upstream_are_restored(tmp_path: Path) -> None:
     assert any(x.startswith("w1 | ") and "restored 1 output file(s) of make" in x for x in lines)
     assert not any(x.startswith("w0 | ") and "restored" in x for x in lines)  # its own files
     assert (spaces[1] / "out" / "a.txt").read_text() == "from make"
+
+
+def test_a_module_that_runs_alone_has_the_whole_run_to_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """not_in_parallel=True across workers: the others finish what runs, then wait."""
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
+    file = tmp_path / "ciflow.py"
+    write_pipeline(file, [[], [], [], [], [3]], set(), set(), alone={3})
+    file.write_text(file.read_text().replace("time.sleep(0.05)", "time.sleep(0.8)"))
+    # m3 runs alone on slot 2 while slots 0 and 1 have work that is ready at once
+    result, codes, _, out = _run_plan(
+        tmp_path, file, [["m0", "m4"], ["m1"], ["m3", "m2"]], ["--jobs", "1", "--no-steal"]
+    )
+    assert codes == [0, 0, 0], out
+    assert {r.outcome for r in result.records} == {Outcome.SUCCEEDED}
+    spans = read_log(tmp_path / "log.jsonl")
+    solo = spans["m3"]
+    for name, span in spans.items():
+        if name != "m3":
+            assert span["end"] <= solo["start"] or solo["end"] <= span["start"], (name, out)
+    assert "quiet while m3 runs alone" in out
