@@ -251,7 +251,10 @@ def worker(
         int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Modules run at once.")
     ] = 2,
     steal: Annotated[
-        bool, typer.Option("--steal/--no-steal", help="Take ready modules of busy slots.")
+        bool,
+        typer.Option(
+            "--steal/--no-steal", help="Ask busy slots for ready modules they have not started."
+        ),
     ] = True,
     keep_going: Annotated[
         bool, typer.Option("--keep-going", "-k", help="Do not cancel the run on a failure.")
