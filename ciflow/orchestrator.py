@@ -131,16 +131,19 @@ def render_status(store: Store, keys: RunKeys) -> str:
         header = cache.load(name) if name in cache.present else None
         by_outcome.setdefault(header.outcome if header else "pending", []).append(name)
     lines.append("modules: " + ", ".join(f"{len(v)} {k}" for k, v in by_outcome.items()))
+    newest_claim: dict[str, str] = {}  # module -> its newest claim key (one list for all)
+    for key in store.list(keys.claims):  # sorted: attempts are zero-padded, newest last
+        newest_claim[key[len(keys.claims) :].partition("/")[0]] = key
     for name in order:
         header = cache.headers.get(name)
         if header is not None:
             who = f"{header.worker} (slot {header.slot}, attempt {header.attempt})"
             lines.append(f"  {name}: {Outcome(header.outcome).value} by {who}")
             continue
-        claims = store.list(keys.claims + name + "/")
-        data = store.get(claims[-1]) if claims else None
-        if data is not None:  # handed to another worker, or taken over
-            claim = decode(Claim, data, key=claims[-1])
+        claim_key = newest_claim.get(name)
+        data = store.get(claim_key) if claim_key else None
+        if claim_key and data is not None:  # handed to another worker, or taken over
+            claim = decode(Claim, data, key=claim_key)
             lines.append(f"  {name}: claimed by {claim.worker} (attempt {claim.attempt})")
         elif name in running:
             lines.append(f"  {name}: running on {running[name]} (as of its last heartbeat)")

@@ -793,9 +793,9 @@ class DownloadingStore(Store):
 class GitHubArtifactStore(DownloadingStore):
     """A store in the artifacts of the current workflow run, shared by all its jobs."""
 
-    #: the results service is rate limited: poll at most every 2 s
+    #: the results service is rate limited: `wait` lists at most once every 2 s (every look is
+    #: an API call, so there are no quicker first polls)
     max_poll_interval = 2.0
-    min_poll_interval = 2.0  # every look is an API call: no quick first polls
     #: a worker lists the run (1 call) this often
     slow_poll = 5.0
     #: without the jobs API, a beat is a create and a delete of the previous one (4 calls):
