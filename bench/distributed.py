@@ -17,12 +17,14 @@ N of ``--workers``. Each module sleeps its time in-process and logs its start an
   counted apart. mtime is taken before the store's fsync and link, so the figure includes the
   producer's fsync (upper bracket). Target p50 <= 20 ms on the file store.
 - **store ops per module**: the ``store_ops`` of every worker's ``done/`` record
-  (`ciflow.messages.Done`), summed, over the module count, by operation kind. The dry-run
+  (`ciflow.distributed.messages.Done`), summed, over the module count, by operation kind.
+  The dry-run
   process' own operations (plan, summary) are not in there.
 
 Part 2 (``--skip-gib`` skips it): a two-module pipeline, ``produce`` writes a 1 GiB file into
 ``out/`` (``outputs=["out/*"]``) and ``consume`` depends on it and checks its size. Two workers
-are started with `ciflow.dryrun.start_workers` (``--jobs 1 --no-steal``) on a plan made by
+are started with `ciflow.distributed.dryrun.start_workers` (``--jobs 1 --no-steal``) on a
+plan made by
 `plan_pipeline` and edited so that ``produce`` is on slot 0 and ``consume`` on slot 1, each
 worker in its own workspace copy, so the output really goes through the store (packed by
 worker 0, unpacked by worker 1). Peak RSS per worker process is its exact ``ru_maxrss`` from
@@ -57,9 +59,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ciflow.blob import decode_result  # noqa: E402
-from ciflow.messages import Done, Registration, decode  # noqa: E402
-from ciflow.planner import DistributedExecutionPlan  # noqa: E402
+from ciflow.distributed.blob import decode_result  # noqa: E402
+from ciflow.distributed.messages import Done, Registration, decode  # noqa: E402
+from ciflow.planning.planner import DistributedExecutionPlan  # noqa: E402
 
 WALL_TARGET = 1.10
 HANDOFF_TARGET_MS = 20.0
@@ -464,14 +466,14 @@ def _status_kb(pid: int, field_name: str) -> int | None:
 
 
 def run_gib(size: int, data: str, tmp: Path) -> GibFigures:
-    from ciflow.capabilities import Capabilities
-    from ciflow.dryrun import copy_workspaces, start_workers
-    from ciflow.engine import new_run_id
-    from ciflow.layout import RunKeys
-    from ciflow.orchestrator import publish_plan
-    from ciflow.pipeline import load_pipeline
-    from ciflow.planner import RunnerPool, plan_pipeline
-    from ciflow.results import ResultCache
+    from ciflow.distributed.dryrun import copy_workspaces, start_workers
+    from ciflow.distributed.keys import RunKeys
+    from ciflow.distributed.orchestrator import publish_plan
+    from ciflow.distributed.results import ResultCache
+    from ciflow.execution.engine import new_run_id
+    from ciflow.model.pipeline import load_pipeline
+    from ciflow.model.requirements import Capabilities
+    from ciflow.planning.planner import RunnerPool, plan_pipeline
     from ciflow.stores import open_store
 
     work = tmp / f"gib-{size}"

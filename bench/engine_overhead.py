@@ -99,11 +99,11 @@ def _check_count(tool: str, graph: Graph, calls: list[None]) -> None:
 
 
 def run_ciflow(graph: Graph, jobs: int) -> Measure:
-    from ciflow.console import Console
-    from ciflow.engine import Engine
-    from ciflow.modules import Module
-    from ciflow.outcome import Outcome
-    from ciflow.pipeline import Pipeline
+    from ciflow.execution.engine import Engine
+    from ciflow.model.module import Module
+    from ciflow.model.outcome import Outcome
+    from ciflow.model.pipeline import Pipeline
+    from ciflow.ui.console import Console
 
     calls: list[None] = []
 

@@ -22,15 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ciflow.console import Console  # noqa: E402
-from ciflow.dryrun import start_workers, supervise  # noqa: E402
-from ciflow.emulator import GitHubEmulator  # noqa: E402
-from ciflow.layout import RunKeys  # noqa: E402
-from ciflow.orchestrator import publish_plan  # noqa: E402
-from ciflow.pipeline import load_pipeline  # noqa: E402
-from ciflow.planner import RunnerPool, plan_pipeline  # noqa: E402
-from ciflow.results import read_run  # noqa: E402
+from ciflow.distributed.dryrun import start_workers, supervise  # noqa: E402
+from ciflow.distributed.keys import RunKeys  # noqa: E402
+from ciflow.distributed.orchestrator import publish_plan  # noqa: E402
+from ciflow.distributed.results import read_run  # noqa: E402
+from ciflow.model.pipeline import load_pipeline  # noqa: E402
+from ciflow.planning.planner import RunnerPool, plan_pipeline  # noqa: E402
 from ciflow.stores import open_store  # noqa: E402
+from ciflow.testing.emulator import GitHubEmulator  # noqa: E402
+from ciflow.ui.console import Console  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

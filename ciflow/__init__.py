@@ -12,10 +12,6 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .capabilities import Capabilities, Requires
-    from .conditions import Condition, env_set, not_on_branch, not_on_ci, on_branch, on_ci
-    from .context import Context
-    from .engine import Engine, RunResult
     from .errors import (
         CiflowError,
         CommandFailed,
@@ -25,11 +21,15 @@ if TYPE_CHECKING:
         RequirementError,
         UsageError,
     )
-    from .masking import secret
-    from .modules import Module, ParallelLimit, module, optional
-    from .outcome import Outcome
-    from .pipeline import Pipeline, load_pipeline
-    from .process import CommandResult
+    from .execution.context import Context
+    from .execution.engine import Engine, RunResult
+    from .execution.masking import secret
+    from .execution.process import CommandResult
+    from .model.conditions import Condition, env_set, not_on_branch, not_on_ci, on_branch, on_ci
+    from .model.module import Module, ParallelLimit, module, optional
+    from .model.outcome import Outcome
+    from .model.pipeline import Pipeline, load_pipeline
+    from .model.requirements import Capabilities, Requires
 
 __all__ = [
     "Capabilities",
@@ -63,17 +63,17 @@ __all__ = [
 ]
 
 _WHERE = {
-    "Capabilities": "capabilities",
-    "Requires": "capabilities",
-    "Condition": "conditions",
-    "env_set": "conditions",
-    "not_on_branch": "conditions",
-    "not_on_ci": "conditions",
-    "on_branch": "conditions",
-    "on_ci": "conditions",
-    "Context": "context",
-    "Engine": "engine",
-    "RunResult": "engine",
+    "Capabilities": "model.requirements",
+    "Requires": "model.requirements",
+    "Condition": "model.conditions",
+    "env_set": "model.conditions",
+    "not_on_branch": "model.conditions",
+    "not_on_ci": "model.conditions",
+    "on_branch": "model.conditions",
+    "on_ci": "model.conditions",
+    "Context": "execution.context",
+    "Engine": "execution.engine",
+    "RunResult": "execution.engine",
     "CiflowError": "errors",
     "CommandFailed": "errors",
     "CycleError": "errors",
@@ -81,15 +81,15 @@ _WHERE = {
     "PipelineError": "errors",
     "RequirementError": "errors",
     "UsageError": "errors",
-    "secret": "masking",
-    "Module": "modules",
-    "ParallelLimit": "modules",
-    "module": "modules",
-    "optional": "modules",
-    "Outcome": "outcome",
-    "Pipeline": "pipeline",
-    "load_pipeline": "pipeline",
-    "CommandResult": "process",
+    "secret": "execution.masking",
+    "Module": "model.module",
+    "ParallelLimit": "model.module",
+    "module": "model.module",
+    "optional": "model.module",
+    "Outcome": "model.outcome",
+    "Pipeline": "model.pipeline",
+    "load_pipeline": "model.pipeline",
+    "CommandResult": "execution.process",
 }
 
 

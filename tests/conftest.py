@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ciflow.emulator import Faults, GitHubEmulator
-from ciflow.masking import MASKER
-from ciflow.modules import reset_registry
+from ciflow.execution.masking import MASKER
+from ciflow.model.module import reset_registry
+from ciflow.testing.emulator import Faults, GitHubEmulator
 
 PIPELINES = Path(__file__).parent / "pipelines"
 

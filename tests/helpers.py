@@ -6,10 +6,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ciflow.console import Console
-from ciflow.engine import Engine, RunResult
-from ciflow.modules import registered
-from ciflow.pipeline import Pipeline
+from ciflow.execution.engine import Engine, RunResult
+from ciflow.model.module import registered
+from ciflow.model.pipeline import Pipeline
+from ciflow.ui.console import Console
 
 
 def run_registered(

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ciflow.cli import app
+from ciflow.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTION = ROOT / "action.yml"

@@ -11,7 +11,7 @@ import pyzstd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ciflow.blob import (
+from ciflow.distributed.blob import (
     DEFAULT_MAX_PAYLOAD,
     SCHEMA_VERSION,
     BlobError,

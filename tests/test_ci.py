@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from ciflow.ci import JobInfo, detect_job
 from ciflow.errors import UsageError
+from ciflow.providers.detect import JobInfo, detect_job
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ciflow import __version__
-from ciflow.cli import app
+from ciflow.cli.app import app
 
 runner = CliRunner()
 

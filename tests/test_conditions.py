@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ciflow
-from ciflow.conditions import Condition, env_set, not_on_branch, not_on_ci, on_branch, on_ci
-from ciflow.context import Context
-from ciflow.outcome import Outcome
+from ciflow.execution.context import Context
+from ciflow.model.conditions import Condition, env_set, not_on_branch, not_on_ci, on_branch, on_ci
+from ciflow.model.outcome import Outcome
 
 NOWHERE = Path("/nonexistent-ciflow-workdir")
 

@@ -11,10 +11,10 @@ import pytest
 from helpers import run_registered
 
 import ciflow
-import ciflow.console
-from ciflow.console import Console, format_duration
-from ciflow.masking import MASKER, Masker
-from ciflow.outcome import ModuleRecord, Outcome
+import ciflow.ui.console
+from ciflow.execution.masking import MASKER, Masker
+from ciflow.model.outcome import ModuleRecord, Outcome
+from ciflow.ui.console import Console, format_duration
 
 CLEAR = "\r\x1b[2K"
 
@@ -46,7 +46,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(ciflow.console, "time", SimpleNamespace(monotonic=fake.monotonic))
+    monkeypatch.setattr(ciflow.ui.console, "time", SimpleNamespace(monotonic=fake.monotonic))
     return fake
 
 
@@ -416,7 +416,7 @@ def test_format_duration(seconds: float, text: str) -> None:
 
 
 def test_github_mode_groups_each_modules_output_and_annotates_failures() -> None:
-    from ciflow.outcome import ModuleRecord, Outcome
+    from ciflow.model.outcome import ModuleRecord, Outcome
 
     out = io.StringIO()
     console = Console(out, live=False, color=False, github=True)

@@ -13,12 +13,12 @@ import pytest
 from helpers import run_registered
 
 import ciflow
-from ciflow.console import Console
-from ciflow.context import Context
 from ciflow.errors import CommandFailed, ModuleCancelled
-from ciflow.masking import MASKER
-from ciflow.outcome import Outcome
-from ciflow.process import Cancellation
+from ciflow.execution.context import Context
+from ciflow.execution.masking import MASKER
+from ciflow.execution.process import Cancellation
+from ciflow.model.outcome import Outcome
+from ciflow.ui.console import Console
 
 BRANCH_VARIABLES = [
     "GITHUB_HEAD_REF",

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from ciflow.emulator import ARTIFACT_SERVICE, CACHE_SERVICE, Faults, GitHubEmulator
+from ciflow.testing.emulator import ARTIFACT_SERVICE, CACHE_SERVICE, Faults, GitHubEmulator
 
 JS = Path(__file__).parent / "js"
 RUN = "run-7"
@@ -621,7 +621,7 @@ def test_cli_prints_exports_and_serves_until_interrupted(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "ciflow.emulator",
+            "ciflow.testing.emulator",
             "--run-id",
             "r1",
             "--job-id",

@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import ciflow
-from ciflow.capabilities import Capabilities
-from ciflow.console import Console
-from ciflow.engine import Engine, RunResult, check_requirements
 from ciflow.errors import RequirementError
-from ciflow.modules import Module, registered
-from ciflow.outcome import Outcome
-from ciflow.pipeline import Pipeline, Selection
+from ciflow.execution.engine import Engine, RunResult, check_requirements
+from ciflow.model.module import Module, registered
+from ciflow.model.outcome import Outcome
+from ciflow.model.pipeline import Pipeline, Selection
+from ciflow.model.requirements import Capabilities
+from ciflow.ui.console import Console
 
 
 class Timeline:

@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ciflow.cli import app
-from ciflow.console import Console
-from ciflow.dryrun import start_workers, supervise
-from ciflow.emulator import Faults, GitHubEmulator
-from ciflow.layout import RunKeys
-from ciflow.outcome import Outcome
-from ciflow.pipeline import load_pipeline
-from ciflow.planner import RunnerPool, plan_pipeline
-from ciflow.results import read_run
+from ciflow.cli.app import app
+from ciflow.distributed.dryrun import start_workers, supervise
+from ciflow.distributed.keys import RunKeys
+from ciflow.distributed.results import read_run
+from ciflow.model.outcome import Outcome
+from ciflow.model.pipeline import load_pipeline
+from ciflow.planning.planner import RunnerPool, plan_pipeline
 from ciflow.stores import open_store
+from ciflow.testing.emulator import Faults, GitHubEmulator
+from ciflow.ui.console import Console
 
 runner = CliRunner()
 RUN = "4242"
@@ -79,7 +79,7 @@ def github_run(
 
 
 def expected(file: Path) -> dict[str, tuple[Outcome | None, bytes | None]]:
-    from ciflow.engine import Engine
+    from ciflow.execution.engine import Engine
 
     run = Engine(
         load_pipeline(file),

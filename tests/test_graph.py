@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ciflow.errors import CycleError
-from ciflow.graph import find_cycle, topological_order
+from ciflow.model.graph import find_cycle, topological_order
 
 
 def test_order_puts_dependencies_first_and_keeps_ties_in_mapping_order() -> None:

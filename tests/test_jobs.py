@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ciflow.emulator import Faults, GitHubEmulator
-from ciflow.jobs import GitHubJobs, job_of
-from ciflow.layout import RunKeys
-from ciflow.registry import Liveness, new_worker_id
+from ciflow.distributed.keys import RunKeys
+from ciflow.distributed.liveness import Liveness, new_worker_id
+from ciflow.providers.github_jobs import GitHubJobs, job_of
 from ciflow.stores import open_store
 from ciflow.stores.base import StoreError
+from ciflow.testing.emulator import Faults, GitHubEmulator
 
 
 def client(env: dict[str, str]) -> GitHubJobs:

@@ -13,12 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ciflow
-from ciflow.console import Console
-from ciflow.engine import RunResult
-from ciflow.masking import MASK, MASKER, Masker
-from ciflow.outcome import Outcome
-from ciflow.report import build_report
-from ciflow.summary import render_summary
+from ciflow.execution.engine import RunResult
+from ciflow.execution.masking import MASK, MASKER, Masker
+from ciflow.model.outcome import Outcome
+from ciflow.ui.console import Console
+from ciflow.ui.report import build_report
+from ciflow.ui.summary import render_summary
 
 # the Masker ----------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ import pytest
 
 import ciflow
 from ciflow.errors import DuplicateModuleError, SpecError
-from ciflow.modules import Module, ParallelLimit, registered
+from ciflow.model.module import Module, ParallelLimit, registered
 
 
 def test_decorator_with_and_without_arguments_registers_in_order() -> None:

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from ciflow.capabilities import Capabilities
+from ciflow.distributed.keys import RunKeys
+from ciflow.distributed.liveness import register
+from ciflow.distributed.messages import Claim, Heartbeat, encode
+from ciflow.distributed.orchestrator import publish_plan, read_stored_plan, render_status
+from ciflow.distributed.results import publish_result
 from ciflow.errors import UsageError
-from ciflow.layout import RunKeys
-from ciflow.messages import Claim, Heartbeat, encode
-from ciflow.orchestrator import publish_plan, read_stored_plan, render_status
-from ciflow.outcome import ModuleRecord, Outcome
-from ciflow.pipeline import load_pipeline
-from ciflow.planner import RunnerPool, plan_pipeline
-from ciflow.registry import register
-from ciflow.results import publish_result
+from ciflow.model.outcome import ModuleRecord, Outcome
+from ciflow.model.pipeline import load_pipeline
+from ciflow.model.requirements import Capabilities
+from ciflow.planning.planner import RunnerPool, plan_pipeline
 from ciflow.stores import open_store
 
 

@@ -15,8 +15,8 @@ from ciflow.errors import (
     SpecError,
     UnknownModuleError,
 )
-from ciflow.modules import registered
-from ciflow.pipeline import Pipeline, load_pipeline
+from ciflow.model.module import registered
+from ciflow.model.pipeline import Pipeline, load_pipeline
 
 
 def test_load_collects_modules_in_dependency_order(pipelines: Path) -> None:

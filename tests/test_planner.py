@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import ciflow
-from ciflow.cli import app
+from ciflow.cli.app import app
 from ciflow.errors import RequirementError, UsageError
-from ciflow.history import History, ModuleHistory
-from ciflow.modules import Module
-from ciflow.pipeline import Pipeline, load_pipeline
-from ciflow.planner import (
+from ciflow.model.module import Module
+from ciflow.model.pipeline import Pipeline, load_pipeline
+from ciflow.planning.history import History, ModuleHistory
+from ciflow.planning.planner import (
     DistributedExecutionPlan,
     RunnerPool,
     Transfer,

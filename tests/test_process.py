@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-import ciflow.process
+import ciflow.execution.process
 from ciflow.errors import CommandFailed, ModuleCancelled
-from ciflow.process import Cancellation, CommandResult, kill_tree, run_command
+from ciflow.execution.process import Cancellation, CommandResult, kill_tree, run_command
 
 PY = sys.executable
 
@@ -28,7 +28,7 @@ PY = sys.executable
 @pytest.fixture(autouse=True)
 def _short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep SIGTERM -> SIGKILL escalation short so the tests stay fast."""
-    monkeypatch.setattr(ciflow.process, "KILL_GRACE", 0.5)
+    monkeypatch.setattr(ciflow.execution.process, "KILL_GRACE", 0.5)
 
 
 # helpers ------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ def test_ruff_is_clean() -> None:
 
 def test_help_does_not_import_heavy_modules() -> None:
     code = (
-        "import sys; from ciflow.cli import app; "
-        "heavy = [m for m in ('pydantic', 'requests', 'pyzstd', 'ciflow.engine') "
+        "import sys; from ciflow.cli.app import app; "
+        "heavy = [m for m in ('pydantic', 'requests', 'pyzstd', 'ciflow.execution.engine') "
         "if m in sys.modules]; print(heavy)"
     )
     result = subprocess.run(

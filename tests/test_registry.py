@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from ciflow.capabilities import Capabilities
-from ciflow.layout import RunKeys
-from ciflow.registry import (
+from ciflow.distributed.keys import RunKeys
+from ciflow.distributed.liveness import (
     HeartbeatThread,
     Liveness,
     finished_workers,
     read_registrations,
     register,
 )
+from ciflow.model.requirements import Capabilities
 from ciflow.stores import open_store
 from ciflow.stores.base import StoreError
 
@@ -40,9 +40,9 @@ def test_32_processes_registering_at_once_lose_nothing(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     code = (
         "import sys, time\n"
-        "from ciflow.capabilities import Capabilities\n"
-        "from ciflow.layout import RunKeys\n"
-        "from ciflow.registry import register\n"
+        "from ciflow.model.requirements import Capabilities\n"
+        "from ciflow.distributed.keys import RunKeys\n"
+        "from ciflow.distributed.liveness import register\n"
         "from ciflow.stores import open_store\n"
         "store = open_store(sys.argv[1])\n"
         "go = float(sys.argv[3])\n"
@@ -88,7 +88,7 @@ def test_heartbeats_keep_only_the_newest_and_liveness_sees_silence(tmp_path: Pat
 
 
 def test_finished_workers_count_as_dead(tmp_path: Path) -> None:
-    from ciflow.messages import Done, encode
+    from ciflow.distributed.messages import Done, encode
 
     store = open_store(f"file://{tmp_path}")
     keys = RunKeys("fin")

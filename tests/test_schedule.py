@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ciflow.schedule import (
+from ciflow.planning.scheduler import (
     Placement,
     Problem,
     Schedule,
@@ -106,7 +106,7 @@ def test_plan_is_never_worse_than_heft(problem: Problem) -> None:
 
 def test_plan_is_the_same_in_another_process() -> None:
     code = (
-        "from ciflow.schedule import Problem, Task, plan\n"
+        "from ciflow.planning.scheduler import Problem, Task, plan\n"
         "ts = [Task(f't{i}', 1 + i % 4, (i - 1,) if i % 3 else (), "
         "exclusive=('db',) if i % 5 == 0 else (), affinity='grp' if i % 4 == 0 else None) "
         "for i in range(12)]\n"

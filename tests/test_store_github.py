@@ -29,8 +29,6 @@ from hypothesis import strategies as st
 from store_contract import StoreContract
 
 import ciflow.stores.github as github_module
-from ciflow.emulator import ARTIFACT_SERVICE, Faults, GitHubEmulator
-from ciflow.emulator import TwirpError as EmuTwirpError
 from ciflow.errors import UsageError
 from ciflow.stores import Store, StoreError, StoreUnavailable, open_store
 from ciflow.stores.github import (
@@ -44,6 +42,8 @@ from ciflow.stores.github import (
     unzip_first,
     zip_frame,
 )
+from ciflow.testing.emulator import ARTIFACT_SERVICE, Faults, GitHubEmulator
+from ciflow.testing.emulator import TwirpError as EmuTwirpError
 
 MiB = 1 << 20
 _ids = itertools.count()

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from store_contract import INVALID_KEYS, file_sha256, write_blob
 
-import ciflow.emulator as emulator_module
-from ciflow.emulator import CACHE_SERVICE, Faults, GitHubEmulator
-from ciflow.emulator import TwirpError as EmuTwirpError
+import ciflow.testing.emulator as emulator_module
 from ciflow.errors import UsageError
 from ciflow.stores import StoreError, StoreUnavailable, open_store
 from ciflow.stores.github_cache import CACHE_VERSION, KEY_MAX, GitHubCacheStore
+from ciflow.testing.emulator import CACHE_SERVICE, Faults, GitHubEmulator
+from ciflow.testing.emulator import TwirpError as EmuTwirpError
 
 MiB = 1 << 20
 _ids = itertools.count()

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from ciflow.engine import RunResult
-from ciflow.masking import MASKER
-from ciflow.outcome import ModuleRecord, Outcome
-from ciflow.summary import render_summary, to_markdown, write_step_summary
+from ciflow.execution.engine import RunResult
+from ciflow.execution.masking import MASKER
+from ciflow.model.outcome import ModuleRecord, Outcome
+from ciflow.ui.summary import render_summary, to_markdown, write_step_summary
 
 
 def _result() -> RunResult:
@@ -65,7 +65,7 @@ def test_step_summary_is_appended_only_on_github(
 
 
 def test_store_calls_line() -> None:
-    from ciflow.summary import store_calls
+    from ciflow.ui.summary import store_calls
 
     github = [
         {"create": 3, "list": 9, "ListArtifacts": 9, "CreateArtifact": 3, "blob-upload": 3},

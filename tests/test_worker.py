@@ -18,19 +18,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from ciflow.cli import app
-from ciflow.console import Console
-from ciflow.dryrun import start_workers, supervise
-from ciflow.engine import Engine
-from ciflow.layout import RunKeys
-from ciflow.messages import Registration, decode, encode
-from ciflow.orchestrator import publish_plan
-from ciflow.outcome import Outcome
-from ciflow.pipeline import load_pipeline
-from ciflow.planner import RunnerPool, plan_pipeline
-from ciflow.results import read_run
+from ciflow.cli.app import app
+from ciflow.distributed.dryrun import start_workers, supervise
+from ciflow.distributed.keys import RunKeys
+from ciflow.distributed.messages import Registration, decode, encode
+from ciflow.distributed.orchestrator import publish_plan
+from ciflow.distributed.results import read_run
+from ciflow.execution.engine import Engine
+from ciflow.model.outcome import Outcome
+from ciflow.model.pipeline import load_pipeline
+from ciflow.planning.planner import RunnerPool, plan_pipeline
 from ciflow.stores import open_store
 from ciflow.stores.base import StoreError
+from ciflow.ui.console import Console
 
 runner = CliRunner()
 FAST = ["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5", "--jobs", "2"]
@@ -312,7 +312,7 @@ def test_sigkill_with_dry_run_kill_option(
 ) -> None:
     monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
     file = _chain_file(tmp_path, n=3, sleep=1.0)
-    from ciflow.dryrun import Kill
+    from ciflow.distributed.dryrun import Kill
 
     result, codes, _, out = distributed_run(tmp_path, file, 2, kills=[Kill(0, when)])
     assert {r.outcome for r in result.records} == {Outcome.SUCCEEDED}, out
@@ -596,7 +596,7 @@ def use(ctx, middle: int) -> str:
 
 def test_outputs_of_the_whole_upstream_are_restored(tmp_path: Path) -> None:
     """``use`` reads a file of ``make``, two steps up, on a worker that ran neither."""
-    from ciflow.dryrun import copy_workspaces
+    from ciflow.distributed.dryrun import copy_workspaces
 
     src = tmp_path / "src"
     src.mkdir()

@@ -1,0 +1,351 @@
+"""The ``ciflow`` command line. The only place that turns errors into output and exit codes.
+
+Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline-definition error, 130 interrupted.
+Heavy imports happen inside the commands so that ``ciflow --help`` and ``--version`` stay fast.
+"""
+
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from .._version import __version__
+from ..errors import CiflowError
+
+if TYPE_CHECKING:
+    from ..model.pipeline import Pipeline
+
+__all__ = ["app", "main"]
+
+
+class _State:
+    debug = False
+
+
+# Commands defined in cli_distributed.py, imported only when one of them runs (or for --help).
+_LAZY = ("plan", "worker", "dry-run", "status", "summary", "emulate-github")
+
+
+class _Group(TyperGroup):
+    """Runs a command and turns a `CiflowError` into one line on stderr and its exit code."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *_LAZY]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in _LAZY:
+            from typer.main import get_command
+
+            from . import distributed
+
+            return get_command(distributed.app).get_command(ctx, cmd_name)  # type: ignore[attr-defined]
+        return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CiflowError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            typer.echo("ciflow: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+
+def _fail(exc: CiflowError) -> None:
+    from ..execution.masking import MASKER
+
+    if _State.debug:
+        import traceback
+
+        typer.echo(MASKER.mask("".join(traceback.format_exception(exc))), err=True)
+    message = MASKER.mask(str(exc)).replace("\n", " | ")
+    typer.echo(f"ciflow: error: {message}", err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="ciflow",
+    help="Run a pipeline of CI modules on one machine or spread over many CI runners.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    epilog="Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline error, 130 interrupted.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ciflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for errors.", envvar="CIFLOW_DEBUG")
+    ] = False,
+) -> None:
+    """Run a pipeline of CI modules on one machine or spread over many CI runners.
+
+    Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline error, 130 interrupted.
+    """
+    _State.debug = debug
+
+
+FileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        "-f",
+        metavar="FILE",
+        help="The pipeline file [default: ./ciflow.py].",
+        dir_okay=False,
+        envvar="CIFLOW_FILE",
+    ),
+]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+HistoryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--history",
+        metavar="PATH",
+        help="Duration history file [default: .ciflow/history.json beside the pipeline file].",
+        envvar="CIFLOW_HISTORY",
+    ),
+]
+
+
+def _sources(pipeline: "Pipeline") -> dict[str, tuple[str, int]]:
+    """Each module's file (relative to the working directory where possible) and line."""
+    found = {}
+    for name, mod in pipeline.modules.items():
+        code = getattr(mod.fn, "__code__", None)
+        if code is not None:
+            path = Path(code.co_filename)
+            try:
+                path = path.relative_to(Path.cwd())
+            except ValueError:
+                pass
+            found[name] = (str(path), code.co_firstlineno)
+    return found
+
+
+def _history_path(pipeline: "Pipeline", given: Path | None) -> Path:
+    from ..planning.history import DEFAULT_PATH
+
+    if given is not None:
+        return given
+    base = pipeline.folder
+    return base / DEFAULT_PATH
+
+
+def _load(file: Path | None, debug: bool) -> "Pipeline":
+    if debug:
+        _State.debug = True
+    from ..model.pipeline import load_pipeline
+
+    return load_pipeline(file)
+
+
+@app.command()
+def run(
+    file: FileOption = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs", "-j", min=1, metavar="N", help="Modules run at once [default: CPUs x 2]."
+        ),
+    ] = None,
+    keep_going: Annotated[
+        bool,
+        typer.Option(
+            "--keep-going", "-k", help="After a failure, run everything that does not need it."
+        ),
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only", metavar="MODULE", help="Run this module and what it needs (repeatable)."
+        ),
+    ] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option("--skip", metavar="MODULE", help="Leave this module out (repeatable)."),
+    ] = None,
+    category: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--category", metavar="CATEGORY", help="Run the modules of this category (repeatable)."
+        ),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag", metavar="TAG", help="A tag this machine offers to `requires` (repeatable)."
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", metavar="PATH", help="Write the JSON run report here."),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", metavar="ID", help="Name this run [default: generated]."),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Hide the output of modules' commands.")
+    ] = False,
+    history: HistoryOption = None,
+    no_history: Annotated[
+        bool, typer.Option("--no-history", help="Do not record durations for the planner.")
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Run the pipeline on this machine, in parallel, and print a summary."""
+    pipeline = _load(file, debug)
+    from ..execution.engine import Engine, check_requirements
+    from ..model.requirements import Capabilities
+    from ..ui.console import Console
+    from ..ui.report import build_report, write_report
+    from ..ui.summary import render_summary, write_step_summary
+
+    selection = pipeline.select(only or (), skip or (), category or ())
+    active = [n for n in selection.names if n not in selection.skipped]
+    tools = {t for n in active for t in pipeline.modules[n].requires.tools}
+    check_requirements(pipeline, active, Capabilities.detect(tools, tag or ()))
+    console = Console(verbose=not quiet)
+    console.sources = _sources(pipeline)
+    workdir = pipeline.folder
+    engine = Engine(
+        pipeline,
+        selection,
+        console=console,
+        jobs=jobs,
+        keep_going=keep_going,
+        workdir=workdir,
+        run_id=run_id,
+    )
+    result = engine.run()
+    console.print(render_summary(result))
+    write_step_summary(result)
+    if not no_history:
+        from ..planning.history import History
+
+        try:
+            History.update(_history_path(pipeline, history), result.records)
+        except CiflowError as exc:
+            console.print(f"ciflow: warning: {exc}")
+    if report is not None:
+        write_report(build_report(result), report)
+        console.print(f"report written to {report}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("list")
+def list_(
+    file: FileOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """List the modules: dependencies, category, tags and settings."""
+    import json
+
+    pipeline = _load(file, debug)
+    entries = []
+    for name in pipeline.order:
+        mod = pipeline.modules[name]
+        deps = [d.name + ("?" if d.optional else "") for d in mod.depends_on]
+        flags = []
+        if mod.timeout:
+            flags.append(f"timeout={mod.timeout:g}s")
+        if mod.retries:
+            flags.append(f"retries={mod.retries}")
+        if mod.alone:
+            flags.append("alone")
+        flags += [f"not_in_parallel={k}" for k in mod.not_in_parallel]
+        if mod.parallel_limit:
+            flags.append(f"limit={mod.parallel_limit.name}:{mod.parallel_limit.count}")
+        for flag in ("always_run", "ignore_failure", "cache"):
+            if getattr(mod, flag):
+                flags.append(flag)
+        if mod.skip_if is not None:
+            flags.append("skip_if=" + getattr(mod.skip_if, "description", "<callable>"))
+        if mod.requires:
+            flags.append("requires")
+        entries.append(
+            {
+                "name": name,
+                "depends_on": deps,
+                "category": mod.category,
+                "tags": list(mod.tags),
+                "settings": flags,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    rows = [["module", "depends on", "category", "tags", "settings"]]
+    for e in entries:
+        rows.append(
+            [
+                str(e["name"]),
+                ", ".join(e["depends_on"]) or "-",  # type: ignore[arg-type]
+                str(e["category"] or "-"),
+                ", ".join(e["tags"]) or "-",  # type: ignore[arg-type]
+                ", ".join(e["settings"]) or "-",  # type: ignore[arg-type]
+            ]
+        )
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
+
+
+class GraphFormat(enum.StrEnum):
+    MERMAID = "mermaid"
+    DOT = "dot"
+
+
+@app.command()
+def graph(
+    file: FileOption = None,
+    fmt: Annotated[GraphFormat, typer.Option("--format", help="Output format.")] = (
+        GraphFormat.MERMAID
+    ),
+    debug: DebugOption = False,
+) -> None:
+    """Print the dependency graph as mermaid (default) or Graphviz dot."""
+    from ..ui.diagram import to_dot, to_mermaid
+
+    pipeline = _load(file, debug)
+    typer.echo(to_dot(pipeline) if fmt is GraphFormat.DOT else to_mermaid(pipeline))
+
+
+@app.command()
+def validate(file: FileOption = None, debug: DebugOption = False) -> None:
+    """Check the pipeline file without running anything."""
+    from ..model.requirements import Capabilities
+
+    pipeline = _load(file, debug)
+    edges = sum(len(m.depends_on) for m in pipeline.modules.values())
+    typer.echo(f"ok: {pipeline.path}: {len(pipeline)} module(s), {edges} dependencies")
+    tools = {t for m in pipeline.modules.values() for t in m.requires.tools}
+    caps = Capabilities.detect(tools)
+    for name in pipeline.order:
+        missing = pipeline.modules[name].requires.missing(caps)
+        if missing:
+            typer.echo(f"note: this machine cannot run {name!r}: needs {', '.join(missing)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="ciflow")

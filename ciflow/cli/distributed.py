@@ -1,0 +1,492 @@
+"""The distributed commands: plan, worker, dry-run, status, summary, emulate-github.
+
+Imported only when one of them runs (see ``cli._Group``), so that ``ciflow --help``,
+``--version`` and ``ciflow run`` do not pay for them.
+"""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..errors import UsageError
+from .app import DebugOption, FileOption, HistoryOption, _history_path, _load, _sources
+
+if TYPE_CHECKING:
+    from ..distributed.keys import RunKeys
+    from ..stores import Store
+    from ..ui.console import Console
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="URL",
+        help="The run's store, e.g. file:///shared/ciflow.",
+        envvar="CIFLOW_STORE",
+    ),
+]
+RunIdOption = Annotated[
+    str | None,
+    typer.Option(
+        "--run-id",
+        metavar="ID",
+        help="The run's id [default: GitHub run id + attempt].",
+        envvar="CIFLOW_RUN_ID",
+    ),
+]
+
+
+@app.command("plan")
+def plan_(
+    file: FileOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", min=1, metavar="N", help="Plan for N identical slots."),
+    ] = None,
+    pool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pool",
+            metavar="SPEC",
+            help='A runner pool, e.g. "count=3 runs-on=ubuntu-latest os=linux tools=docker" '
+            "(repeatable; default: [[tool.ciflow.runners]] in pyproject.toml).",
+        ),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", metavar="MODULE", help="Plan this module and what it needs."),
+    ] = None,
+    skip: Annotated[
+        list[str] | None, typer.Option("--skip", metavar="MODULE", help="Leave this module out.")
+    ] = None,
+    category: Annotated[
+        list[str] | None,
+        typer.Option("--category", metavar="CATEGORY", help="Plan the modules of this category."),
+    ] = None,
+    history: HistoryOption = None,
+    store_kind: Annotated[
+        str,
+        typer.Option(
+            "--store-kind",
+            metavar="KIND",
+            help="Store the run will use, for transfer costs: file, github, github-cache, "
+            "redis, http.",
+        ),
+    ] = "file",
+    latency: Annotated[
+        float | None,
+        typer.Option("--latency", metavar="SECONDS", help="Per-transfer latency override."),
+    ] = None,
+    bandwidth: Annotated[
+        float | None,
+        typer.Option("--bandwidth", metavar="MB/S", help="Transfer bandwidth override."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    gantt: Annotated[
+        bool, typer.Option("--gantt", help="Print the timeline as a mermaid Gantt chart.")
+    ] = False,
+    schema: Annotated[
+        bool, typer.Option("--schema", help="Print the plan's JSON Schema and exit.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", metavar="PATH", help="Store the plan (JSON) here.")
+    ] = None,
+    store: StoreOption = None,
+    run_id: RunIdOption = None,
+    wait_for_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--wait-for-workers",
+            min=1,
+            metavar="N",
+            help="Wait for N workers to register in --store, plan over what they offer.",
+        ),
+    ] = None,
+    min_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--min-workers",
+            min=1,
+            metavar="M",
+            help="With --wait-for-workers: after --register-timeout, plan with M or more.",
+        ),
+    ] = None,
+    register_timeout: Annotated[
+        float,
+        typer.Option("--register-timeout", metavar="SECONDS", help="How long to wait."),
+    ] = 300.0,
+    debug: DebugOption = False,
+) -> None:
+    """Compute which CI slot runs which module; print it, store it, emit the GitHub matrix."""
+    import json
+    import os
+
+    from ..planning.planner import DistributedExecutionPlan
+
+    if schema:
+        typer.echo(json.dumps(DistributedExecutionPlan.model_json_schema(), indent=2))
+        return
+    pipeline = _load(file, debug)
+    from .._files import atomic_write_text
+    from ..planning.history import History
+    from ..planning.planner import RunnerPool, Transfer, load_pools, parse_pool, plan_pipeline
+
+    target = None
+    if store is not None or wait_for_workers is not None:
+        target = _open_run(store, run_id)
+    if wait_for_workers is not None:
+        assert target is not None
+        from ..distributed.orchestrator import wait_for_registrations
+
+        regs = wait_for_registrations(
+            target[0], target[1], wait_for_workers, min_workers, register_timeout
+        )
+        pools = [
+            RunnerPool(
+                count=1,
+                runs_on=r.runs_on or "self",
+                os=r.os,
+                arch=r.arch,
+                tools=tuple(r.tools),
+                tags=tuple(r.tags),
+            )
+            for r in regs
+        ]
+    elif pool:
+        pools = [parse_pool(spec) for spec in pool]
+    elif workers is not None:
+        pools = [RunnerPool(count=workers)]
+    else:
+        base = pipeline.folder
+        pools, _ = load_pools(base)
+    selection = pipeline.select(only or (), skip or (), category or ())
+    transfer = Transfer.for_store(
+        store_kind, latency, None if bandwidth is None else bandwidth * 1e6
+    )
+    result = plan_pipeline(
+        pipeline,
+        pools,
+        selection=selection,
+        history=History.load(_history_path(pipeline, history)),
+        transfer=transfer,
+    )
+    if wait_for_workers is not None:
+        for planned, reg in zip(result.slots, regs, strict=True):
+            planned.slot = reg.slot
+    if target is not None:
+        from ..distributed.orchestrator import publish_plan
+
+        publish_plan(target[0], target[1], result)
+    if as_json:
+        typer.echo(result.to_json(), nl=False)
+    elif gantt:
+        typer.echo(result.gantt())
+    else:
+        typer.echo(result.render())
+    if out is not None:
+        try:
+            atomic_write_text(out, result.to_json())
+        except OSError as exc:
+            raise UsageError(f"cannot write the plan to {out}: {exc.strerror or exc}") from None
+    github_output = os.environ.get("GITHUB_OUTPUT")
+    if github_output:
+        matrix = json.dumps(result.matrix(), separators=(",", ":"))
+        try:
+            with open(github_output, "a", encoding="utf-8") as fh:
+                fh.write(f"matrix={matrix}\nworkers={len(result.slots)}\n")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write GITHUB_OUTPUT {github_output}: {exc.strerror or exc}"
+            ) from None
+
+
+def _open_run(store: str | None, run_id: str | None) -> "tuple[Store, RunKeys]":
+    from ..distributed.keys import RunKeys
+    from ..stores import open_store
+
+    if store is None:
+        import os
+
+        if os.environ.get("GITHUB_ACTIONS") == "true" and os.environ.get("ACTIONS_RUNTIME_TOKEN"):
+            store = "github://"  # the run's own artifacts (ciflow's action exports the token)
+        else:
+            raise UsageError(
+                "no store: pass --store URL (e.g. file:///tmp/ciflow) or set CIFLOW_STORE"
+            )
+    run = run_id or _default_run_id()
+    if run is None:
+        raise UsageError("no run id: pass --run-id ID or set CIFLOW_RUN_ID")
+    return open_store(store), RunKeys(run)
+
+
+def _default_run_id() -> str | None:
+    from ..providers.detect import detect_job
+
+    return detect_job().run_id
+
+
+@app.command()
+def worker(
+    slot: Annotated[
+        int | None,
+        typer.Option(
+            "--slot",
+            min=0,
+            metavar="K",
+            help="This worker's slot in the plan [default: from CIFLOW_SLOT, GitLab's "
+            "CI_NODE_INDEX, JOB_COMPLETION_INDEX, CIRCLE_NODE_INDEX or BUILDKITE_PARALLEL_JOB].",
+        ),
+    ] = None,
+    file: FileOption = None,
+    store: StoreOption = None,
+    run_id: RunIdOption = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option("--plan", metavar="PATH", help="Plan file (published to the store)."),
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Modules run at once.")
+    ] = 2,
+    steal: Annotated[
+        bool,
+        typer.Option(
+            "--steal/--no-steal", help="Ask busy slots for ready modules they have not started."
+        ),
+    ] = True,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", "-k", help="Do not cancel the run on a failure.")
+    ] = False,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", metavar="TAG", help="A tag this worker offers (repeatable)."),
+    ] = None,
+    runs_on: Annotated[
+        str | None, typer.Option("--runs-on", metavar="LABEL", help="This runner's CI label.")
+    ] = None,
+    heartbeat_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--heartbeat-interval",
+            metavar="SECONDS",
+            help="[default: the store's: 1 s on file://, coarser on remote stores]",
+        ),
+    ] = None,
+    heartbeat_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--heartbeat-timeout",
+            metavar="SECONDS",
+            help="Silence after which a worker counts as dead and its modules are taken over "
+            "[default: 4 heartbeats, at least 10 s].",
+        ),
+    ] = None,
+    plan_timeout: Annotated[
+        float,
+        typer.Option("--plan-timeout", metavar="SECONDS", help="How long to wait for a plan."),
+    ] = 600.0,
+    poll: Annotated[
+        float | None,
+        typer.Option(
+            "--poll",
+            min=0.001,
+            metavar="SECONDS",
+            help="How often to look at the store [default: the store's: 10 ms on file://, "
+            "2 s on github://]. Every look at github:// is an API call.",
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide command output.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Run the modules of one slot of a distributed run (and steal or take over others)."""
+    pipeline = _load(file, debug)
+    from ..distributed.worker import Worker, WorkerOptions
+    from ..ui.console import Console
+
+    if slot is None:
+        from ..providers.detect import detect_job
+
+        job = detect_job()
+        if job.slot is None:
+            raise UsageError(
+                "no slot: pass --slot K (or run where the CI system numbers parallel jobs: "
+                "GitLab parallel:, Kubernetes Indexed Jobs, CircleCI, Buildkite)"
+            )
+        slot = job.slot
+    target_store, keys = _open_run(store, run_id)
+    if poll is not None:
+        target_store.max_poll_interval = poll
+        target_store.min_poll_interval = min(target_store.min_poll_interval, poll)
+        target_store.slow_poll = 2.5 * poll
+    if plan is not None:
+        from ..distributed.orchestrator import load_plan_file, publish_plan
+
+        publish_plan(target_store, keys, load_plan_file(plan))
+    workdir = pipeline.folder
+    options = WorkerOptions(
+        slot=slot,
+        jobs=jobs,
+        steal=steal,
+        keep_going=keep_going,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        plan_timeout=plan_timeout,
+        tags=tuple(tag or ()),
+        runs_on=runs_on,
+        workdir=workdir,
+    )
+    console = Console(verbose=not quiet)
+    console.sources = _sources(pipeline)
+    code = Worker(pipeline, target_store, keys.run_id, options, console).run()
+    raise typer.Exit(code)
+
+
+@app.command("dry-run")
+def dry_run(
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, metavar="N", help="Worker processes.")
+    ] = 2,
+    file: FileOption = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Modules per worker at once.")
+    ] = 2,
+    kill: Annotated[
+        list[str] | None,
+        typer.Option("--kill", metavar="SLOT@SECONDS", help="SIGKILL a worker mid-run."),
+    ] = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going", "-k")] = False,
+    store: StoreOption = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", metavar="PATH", help="Write the JSON run report.")
+    ] = None,
+    heartbeat_timeout: Annotated[
+        float, typer.Option("--heartbeat-timeout", metavar="SECONDS")
+    ] = 3.0,
+    shared_workdir: Annotated[
+        bool,
+        typer.Option(
+            "--shared-workdir",
+            help="Let all workers use the pipeline's folder instead of a copy each.",
+        ),
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Run the distributed flow on this machine: a plan and N real worker processes.
+
+    Each worker gets its own copy of the pipeline's folder (like separate CI runners), so
+    declared outputs really travel through the store.
+    """
+    import tempfile
+
+    pipeline = _load(file, debug)
+    assert pipeline.path is not None
+    from ..distributed.dryrun import copy_workspaces, parse_kill, start_workers, supervise
+    from ..distributed.keys import RunKeys
+    from ..distributed.orchestrator import publish_plan, wait_for_registrations
+    from ..execution.engine import new_run_id
+    from ..model.requirements import Capabilities
+    from ..planning.history import History
+    from ..planning.planner import RunnerPool, plan_pipeline
+    from ..stores import open_store
+    from ..ui.console import Console
+
+    kills = [parse_kill(spec, workers) for spec in kill or ()]
+    tools = {t for m in pipeline.modules.values() for t in m.requires.tools}
+    caps = Capabilities.detect(tools)
+    pool = RunnerPool(count=workers, runs_on="local", os=caps.os, arch=caps.arch,
+                      tools=tuple(sorted(caps.tools)))  # fmt: skip
+    plan = plan_pipeline(pipeline, [pool], history=History.load(_history_path(pipeline, None)))
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="ciflow-dry-run-") as tmp:
+        url = store or f"file://{tmp}/store"
+        run_id = new_run_id()
+        target = open_store(url)
+        keys = RunKeys(run_id)
+        console.print(plan.render())
+        console.print(f"ciflow: dry-run {run_id}: {workers} worker(s) on {url}")
+        extra = ["--jobs", str(jobs), "--heartbeat-interval", str(min(1.0, heartbeat_timeout / 4)),
+                 "--heartbeat-timeout", str(heartbeat_timeout)]  # fmt: skip
+        if keep_going:
+            extra.append("--keep-going")
+        spaces = None
+        if not shared_workdir:
+            spaces = copy_workspaces(pipeline.path.parent, Path(tmp) / "workspaces", workers)
+        procs = start_workers(workers, pipeline_file=pipeline.path, store_url=url,
+                              run_id=run_id, extra=extra, workspaces=spaces)  # fmt: skip
+        try:  # like CI runners, workers come up one by one: start the run once all are there
+            wait_for_registrations(target, keys, workers, 1, timeout=30.0)
+        finally:
+            publish_plan(target, keys, plan)
+        codes = supervise(procs, console, kills)
+        code = _render_run(target, keys, console, report, pipeline.order)
+        console.print(f"ciflow: worker exit codes: {codes}")
+    raise typer.Exit(code)
+
+
+def _render_run(
+    store: "Store",
+    keys: "RunKeys",
+    console: "Console",
+    report: Path | None,
+    order: list[str] | None,
+) -> int:
+    from ..distributed.liveness import finished_workers
+    from ..distributed.orchestrator import plan_order
+    from ..distributed.results import read_run
+    from ..ui.report import build_report, write_report
+    from ..ui.summary import render_summary, store_calls, write_step_summary
+
+    names = plan_order(store, keys) or order or []
+    result = read_run(store, keys, names)
+    done = finished_workers(store, keys)
+    calls = store_calls([d.store_ops for d in done.values()], len(result.records))
+    console.print(render_summary(result))
+    if calls:
+        console.print(calls)
+    write_step_summary(result, calls)
+    missing = [r.name for r in result.records if r.outcome is None]
+    if report is not None:
+        write_report(build_report(result), report)
+        console.print(f"report written to {report}")
+    if missing:
+        console.print(f"ciflow: {len(missing)} module(s) have no result yet: {', '.join(missing)}")
+        return 1
+    return result.exit_code
+
+
+@app.command()
+def summary(
+    store: StoreOption = None,
+    run_id: RunIdOption = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", metavar="PATH", help="Write the JSON run report.")
+    ] = None,
+) -> None:
+    """Render a distributed run's summary (and JSON report) from the store."""
+    from ..ui.console import Console
+
+    target, keys = _open_run(store, run_id)
+    raise typer.Exit(_render_run(target, keys, Console(), report, None))
+
+
+@app.command()
+def status(store: StoreOption = None, run_id: RunIdOption = None) -> None:
+    """Show a run's workers with liveness, modules by outcome, and who ran what."""
+    from ..distributed.orchestrator import render_status
+
+    target, keys = _open_run(store, run_id)
+    typer.echo(render_status(target, keys))
+
+
+@app.command(
+    "emulate-github",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def emulate_github(ctx: typer.Context) -> None:
+    """Serve a local emulator of GitHub's artifact and cache services (see --help)."""
+    from ..testing.emulator import main as emulator_main
+
+    raise typer.Exit(emulator_main(list(ctx.args)))

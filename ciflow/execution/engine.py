@@ -1,0 +1,647 @@
+"""The local engine: run a pipeline's modules on this machine, in parallel, with full semantics.
+
+`Engine.run()` executes the selected modules with up to ``jobs`` at a time in worker threads.
+Scheduling state lives under one lock and is updated by whichever thread finishes a module, so a
+finished module hands its successors on without a thread switch. The calling thread only keeps
+time: module timeouts, retry back-off, Ctrl-C/SIGTERM, and stopping modules that ignore a cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import heapq
+import os
+import random
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._gc import gc_paused
+from .._signals import catching_signals
+from ..errors import CommandFailed, ModuleCancelled, RequirementError, ResultTypeError
+from ..model.outcome import DEPENDENCY_EFFECT as _DEP_OUTCOME
+from ..model.outcome import ModuleRecord, Outcome
+from ..model.pipeline import Pipeline, Selection
+from ..model.requirements import Capabilities
+from .context import Context
+from .process import KILL_GRACE, Cancellation
+
+if TYPE_CHECKING:
+    from ..ui.console import Console
+
+__all__ = ["Engine", "RunResult", "check_requirements", "default_jobs", "new_run_id"]
+
+RETRY_DELAY_CAP = 60.0
+_POLL = 0.05  # how often the timekeeping thread looks at signals when nothing else wakes it
+
+
+def default_jobs() -> int:
+    """Default parallelism: CPUs x 2, since CI modules mostly wait on subprocesses and I/O."""
+    return (os.cpu_count() or 1) * 2
+
+
+def new_run_id() -> str:
+    """A fresh run id (``CIFLOW_RUN_ID`` overrides it)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.environ.get("CIFLOW_RUN_ID") or f"{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def check_requirements(
+    pipeline: Pipeline, names: list[str] | tuple[str, ...], caps: Capabilities
+) -> None:
+    """Raise `RequirementError` naming every module this machine cannot serve, and why."""
+    problems = []
+    for name in names:
+        missing = pipeline.modules[name].requires.missing(caps)
+        if missing:
+            problems.append(f"{name!r} needs {', '.join(missing)}")
+    if problems:
+        raise RequirementError(
+            f"this machine cannot run {'; '.join(problems)}; install what is missing, "
+            "pass --tag, or leave the module out with --skip"
+        )
+
+
+@dataclass
+class RunResult:
+    """The records of a finished run, in dependency order, and how it ended."""
+
+    run_id: str
+    records: list[ModuleRecord]
+    started: float
+    finished: float
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 all good, 1 a module failed, 2 a result broke its annotation, 130 interrupted."""
+        if self.interrupted:
+            return 130
+        if any(r.definition_error for r in self.records):
+            return 2
+        if any(r.outcome is not None and r.outcome.bad for r in self.records):
+            return 1
+        return 0
+
+
+class _Attempt:
+    __slots__ = ("index", "number", "cancellation", "timed_out", "abandoned", "retired", "start")
+
+    def __init__(self, index: int, number: int) -> None:
+        self.index = index
+        self.number = number
+        self.cancellation = Cancellation()
+        self.timed_out = False
+        self.abandoned = False  # the engine gave up waiting; the thread's result is discarded
+        self.retired = False  # the thread running it was replaced and must exit afterwards
+        self.start = 0.0
+
+
+_SUCCESS, _FAILURE, _CANCELLED, _SKIP = range(4)
+
+
+class Engine:
+    """Run one selection of a pipeline on this machine. Create, then call `run()` once."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        selection: Selection | None = None,
+        *,
+        console: Console | None = None,
+        jobs: int | None = None,
+        keep_going: bool = False,
+        workdir: Path | None = None,
+        run_id: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        kill_grace: float = KILL_GRACE,
+        handle_signals: bool = True,
+        provided: Mapping[str, Any] | None = None,
+        worker: str | None = None,
+        slot: int | None = None,
+        announce: bool = True,
+    ) -> None:
+        if console is None:
+            from ..ui.console import Console
+
+            console = Console()
+        self.pipeline = pipeline
+        self.selection = selection if selection is not None else pipeline.select()
+        self.console = console
+        self.jobs = max(1, jobs if jobs is not None else default_jobs())
+        self.keep_going = keep_going
+        self.workdir = workdir if workdir is not None else Path.cwd()
+        self.run_id = run_id or new_run_id()
+        self.environ = environ
+        self.kill_grace = kill_grace
+        self.handle_signals = handle_signals
+        self.provided = dict(provided or {})  # results of dependencies run elsewhere
+        self.worker = worker
+        self.slot = slot
+        self.announce = announce
+        self._external_cancel: str | None = None
+
+        with gc_paused():
+            self._prepare(pipeline)
+
+    def _prepare(self, pipeline: Pipeline) -> None:
+        names = list(self.selection.names)
+        index = {name: i for i, name in enumerate(names)}
+        self._names = names
+        self._mods = [pipeline.modules[n] for n in names]
+        self._bindings = [pipeline.bindings[n] for n in names]
+        self._records = [ModuleRecord(n, worker=self.worker, slot=self.slot) for n in names]
+        count = len(names)
+        self._index = index
+        self._succ: list[list[int]] = [[] for _ in range(count)]
+        self._optional_edges: set[tuple[int, int]] = set()  # (dependent, dependency)
+        pending = [0] * count
+        succ = self._succ
+        for i, mod in enumerate(self._mods):
+            for dep in mod.depends_on:
+                j = index.get(dep.name)
+                if j is not None:
+                    succ[j].append(i)
+                    pending[i] += 1
+                    if dep.optional:
+                        self._optional_edges.add((i, j))
+        self._pending = pending
+        self._blocked: list[tuple[Outcome, str, int] | None] = [None] * count
+        self._values: list[Any] = [None] * count
+        self._rank = self._ranks()
+        self._constrained = any(
+            m.alone or m.not_in_parallel or m.parallel_limit for m in self._mods
+        )
+
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._ready: list[tuple[float, int]] = []
+        self._timers: list[tuple[float, int, str, Any]] = []
+        self._timer_seq = 0
+        self._running: dict[int, _Attempt] = {}
+        self._remaining = count
+        self._held_keys: set[str] = set()
+        self._limit_use: dict[str, int] = {}
+        self._alone_running = False
+        self._alone_waiting = 0
+        self._cancelled: str | None = None  # why the run stopped starting modules
+        self._hard_cancel = False  # second interrupt: always_run modules are cancelled too
+        self._interrupts = 0
+        self._finished = False
+        self._threads: list[threading.Thread] = []
+        self._thread_seq = 0
+
+    # ----------------------------------------------------------------- public
+
+    def run(self) -> RunResult:
+        """Run the selection to the end; returns the records. Never raises for module failures."""
+        started = time.time()
+        if self.announce:
+            self.console.run_started(self.run_id, len(self._names), self.jobs)
+        # The pipeline's objects live for the whole run: keep the cyclic GC from rescanning them.
+        gc.freeze()
+        try:
+            with self._lock:
+                for i, name in enumerate(self._names):
+                    if name in self.selection.skipped:
+                        self._finish(i, Outcome.SKIPPED, reason="left out with --skip")
+                for i in range(len(self._names)):
+                    if self._pending[i] == 0 and self._records[i].outcome is None:
+                        resolved = self._queue_or_resolve(i)
+                        if resolved is not None:
+                            self._finish(resolved[0], resolved[1], reason=resolved[2])
+                for _ in range(self.jobs):
+                    self._spawn_worker()
+            with catching_signals(lambda signum: self.interrupt(), self.handle_signals):
+                self._keep_time()
+        finally:
+            gc.unfreeze()
+            with self._lock:
+                self._finished = True
+                self._work.notify_all()
+        result = RunResult(
+            self.run_id, self._records, started, time.time(), interrupted=self._interrupts > 0
+        )
+        self.console.run_finished(result)
+        return result
+
+    def interrupt(self) -> None:
+        """Behave as if Ctrl-C was pressed (safe from any thread or a signal handler)."""
+        self._interrupts += 1
+
+    def cancel(self, reason: str) -> None:
+        """Fail-fast from outside (another worker failed): like a failure, not an interrupt."""
+        self._external_cancel = reason
+        self._wake.set()
+
+    # ------------------------------------------------------------ scheduling
+
+    def _ranks(self) -> list[float]:
+        rank = [0.0] * len(self._mods)
+        for i in range(len(self._mods) - 1, -1, -1):
+            cost = self._mods[i].cost
+            tail = max((rank[s] for s in self._succ[i]), default=0.0)
+            rank[i] = (1.0 if cost is None else cost) + tail
+        return rank
+
+    def _queue_or_resolve(self, i: int) -> tuple[int, Outcome, str] | None:
+        """All dependencies of ``i`` have ended: queue it, or say how it ends (lock held)."""
+        mod = self._mods[i]
+        if not mod.always_run or self._hard_cancel:
+            blocked = self._blocked[i]
+            if blocked is not None:
+                return (i, blocked[0], blocked[1])
+            if self._cancelled is not None:
+                return (i, Outcome.CANCELLED, self._cancelled)
+        self._queue(i)
+        return None
+
+    def _queue(self, i: int) -> None:
+        if self._mods[i].alone:
+            self._alone_waiting += 1
+        heapq.heappush(self._ready, (-self._rank[i], i))
+
+    def _can_start(self, i: int) -> bool:
+        mod = self._mods[i]
+        if self._alone_running:
+            return False
+        if mod.alone:
+            return not self._running
+        if self._alone_waiting:
+            return False
+        if mod.not_in_parallel and not self._held_keys.isdisjoint(mod.not_in_parallel):
+            return False
+        lim = mod.parallel_limit
+        return lim is None or self._limit_use.get(lim.name, 0) < lim.count
+
+    def _next_startable(self) -> int | None:
+        ready = self._ready
+        if not ready:
+            return None
+        if not self._constrained:
+            return heapq.heappop(ready)[1]
+        held: list[tuple[float, int]] = []
+        found = None
+        while ready:
+            item = heapq.heappop(ready)
+            if self._can_start(item[1]):
+                found = item[1]
+                break
+            held.append(item)
+        for item in held:
+            heapq.heappush(ready, item)
+        return found
+
+    def _take(self, i: int, attempt: _Attempt) -> None:
+        mod = self._mods[i]
+        self._running[i] = attempt
+        if mod.alone:
+            self._alone_waiting -= 1
+            self._alone_running = True
+        self._held_keys.update(mod.not_in_parallel)
+        if mod.parallel_limit is not None:
+            name = mod.parallel_limit.name
+            self._limit_use[name] = self._limit_use.get(name, 0) + 1
+
+    def _release(self, i: int) -> None:
+        mod = self._mods[i]
+        del self._running[i]
+        if mod.alone:
+            self._alone_running = False
+        self._held_keys.difference_update(mod.not_in_parallel)
+        if mod.parallel_limit is not None:
+            self._limit_use[mod.parallel_limit.name] -= 1
+        if self._constrained:
+            self._work.notify_all()
+
+    def _finish(
+        self,
+        i: int,
+        outcome: Outcome,
+        *,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record the final outcome of ``i`` and hand on to its dependents (lock held)."""
+        stack: list[tuple[int, Outcome, str | None]] = [(i, outcome, reason)]
+        queued = len(self._ready)
+        while stack:
+            k, out, why = stack.pop()
+            rec = self._records[k]
+            rec.outcome = out
+            if out is Outcome.SKIPPED:
+                rec.skip_reason = why
+            elif k == i and error is not None:
+                rec.error = error
+            elif why is not None:
+                rec.error = why
+            self._remaining -= 1
+            self.console.module_finished(rec)
+            effect = _DEP_OUTCOME.get(out)
+            for s in self._succ[k]:
+                self._pending[s] -= 1
+                if effect is not None and (s, k) not in self._optional_edges:
+                    current = self._blocked[s]
+                    if current is None or current[2] < effect[2]:
+                        why_s = f"dependency {self._names[k]} {effect[1]}"
+                        self._blocked[s] = (effect[0], why_s, effect[2])
+                if self._pending[s] == 0:
+                    resolved = self._queue_or_resolve(s)
+                    if resolved is not None:
+                        stack.append(resolved)
+        newly_ready = len(self._ready) - queued
+        if newly_ready > 1:
+            self._work.notify(newly_ready - 1)
+        if self._remaining == 0:
+            self._work.notify_all()
+            self._wake.set()
+
+    def _cancel_run(self, reason: str, *, hard: bool = False) -> None:
+        """Stop starting modules (but always_run ones) and cancel running ones (lock held)."""
+        if self._cancelled is None:
+            self._cancelled = reason
+        if hard:
+            self._hard_cancel = True
+        keep: list[tuple[float, int]] = []
+        drop: list[int] = []
+        for item in self._ready:
+            mod = self._mods[item[1]]
+            if mod.always_run and not hard:
+                keep.append(item)
+            else:
+                drop.append(item[1])
+                if mod.alone:
+                    self._alone_waiting -= 1
+        heapq.heapify(keep)
+        self._ready = keep
+        for i in drop:
+            self._finish(i, Outcome.CANCELLED, reason=reason)
+        for i, attempt in list(self._running.items()):
+            if hard or not self._mods[i].always_run:
+                self._cancel_attempt(attempt, reason)
+        self._work.notify_all()
+
+    def _cancel_attempt(self, attempt: _Attempt, reason: str) -> None:
+        threading.Thread(target=attempt.cancellation.cancel, args=(reason,), daemon=True).start()
+        self._add_timer(time.monotonic() + self.kill_grace + 1.0, "abandon", attempt)
+
+    def _add_timer(self, when: float, kind: str, payload: Any) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, kind, payload))
+        self._wake.set()
+
+    # ------------------------------------------------------------- threads
+
+    def _spawn_worker(self) -> None:
+        self._thread_seq += 1
+        thread = threading.Thread(
+            target=self._worker, name=f"ciflow-worker-{self._thread_seq}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _worker(self) -> None:
+        loop: asyncio.AbstractEventLoop | None = None
+        lock = self._lock
+        lock.acquire()
+        try:
+            while True:
+                i = self._next_startable()
+                if i is None:
+                    if self._finished or self._remaining == 0:
+                        return
+                    self._work.wait()
+                    continue
+                rec = self._records[i]
+                attempt = _Attempt(i, rec.attempts + 1)
+                rec.attempts = attempt.number
+                self._take(i, attempt)
+                lock.release()
+                try:
+                    if loop is None and self._mods[i].is_async:
+                        loop = asyncio.new_event_loop()
+                    kind, value, detail = self._execute(i, attempt, loop)
+                finally:
+                    lock.acquire()
+                if attempt.abandoned:
+                    return  # a replacement thread took this one's place
+                self._complete(i, attempt, kind, value, detail)
+        finally:
+            lock.release()
+            if loop is not None:
+                loop.close()
+
+    def _execute(
+        self, i: int, attempt: _Attempt, loop: asyncio.AbstractEventLoop | None
+    ) -> tuple[int, Any, str | None]:
+        """Run one attempt of module ``i`` (no lock held). Returns (kind, value, detail)."""
+        mod = self._mods[i]
+        name = self._names[i]
+        rec = self._records[i]
+        binding = self._bindings[i]
+        ctx = None
+        if binding.ctx_param is not None or mod.skip_if is not None:
+            ctx = self._context(i, attempt)
+        if attempt.number == 1 and mod.skip_if is not None:
+            assert ctx is not None
+            try:
+                verdict = mod.skip_if(ctx)
+            except Exception as exc:  # a broken skip condition fails the module
+                return _FAILURE, None, f"skip_if raised {type(exc).__name__}: {exc}"
+            if verdict:
+                description = getattr(mod.skip_if, "description", None)
+                reason = verdict if isinstance(verdict, str) else description
+                return _SKIP, None, f"skip_if: {reason}" if reason else "skip_if returned true"
+        kwargs: dict[str, Any] = {}
+        if binding.ctx_param is not None:
+            kwargs[binding.ctx_param] = ctx
+        for param, dep in binding.dep_params:
+            kwargs[param] = self._dep_value(dep)
+        now = time.time()
+        attempt.start = time.monotonic()
+        if rec.start is None:
+            rec.start = now
+        if mod.timeout is not None:
+            with self._lock:
+                self._add_timer(attempt.start + mod.timeout, "timeout", attempt)
+        self.console.module_started(name, attempt.number)
+        try:
+            if mod.is_async:
+                assert loop is not None
+                value = _run_async(loop, mod.fn(**kwargs), attempt.cancellation)
+            else:
+                value = mod.fn(**kwargs)
+            attempt.cancellation.check()
+            data = binding.result.encode(value, name)
+            if not binding.result.is_none:
+                value = binding.result.decode(data, name)
+            rec.result = data
+            return _SUCCESS, value, None
+        except ModuleCancelled as exc:
+            return _CANCELLED, None, exc.reason
+        except ResultTypeError as exc:
+            return _FAILURE, True, str(exc)
+        except CommandFailed as exc:
+            if attempt.cancellation.cancelled:
+                return _CANCELLED, None, attempt.cancellation.reason
+            return _FAILURE, None, str(exc)
+        except (Exception, SystemExit) as exc:
+            if attempt.cancellation.cancelled:
+                return _CANCELLED, None, attempt.cancellation.reason
+            for line in traceback.format_exception(exc)[1:]:
+                for part in line.rstrip("\n").splitlines():
+                    self.console.output(name, part)
+            return _FAILURE, None, f"{type(exc).__name__}: {exc}"
+
+    def _context(self, i: int, attempt: _Attempt) -> Context:
+        return Context(
+            self._names[i],
+            workdir=self.workdir,
+            run_id=self.run_id,
+            attempt=attempt.number,
+            cancellation=attempt.cancellation,
+            output=self.console.output,
+            environ=self.environ,
+        )
+
+    def _dep_value(self, dep_name: str) -> Any:
+        j = self._index.get(dep_name)
+        if j is None:  # run elsewhere, or an optional dependency that was not selected
+            return self.provided.get(dep_name)
+        return self._values[j] if self._records[j].outcome in _HAS_VALUE else None
+
+    def _complete(
+        self, i: int, attempt: _Attempt, kind: int, value: Any, detail: str | None
+    ) -> None:
+        """Turn an attempt's ending into an outcome or a retry (lock held)."""
+        mod = self._mods[i]
+        rec = self._records[i]
+        self._release(i)
+        if kind == _SKIP:
+            rec.attempts = 0
+            self._finish(i, Outcome.SKIPPED, reason=detail)
+            return
+        rec.end = time.time()
+        rec.duration += time.monotonic() - attempt.start
+        if kind == _SUCCESS:
+            self._values[i] = value
+            rec.error = None  # an earlier attempt's error is history now
+            self._finish(i, Outcome.SUCCEEDED)
+            return
+        if kind == _CANCELLED and not attempt.timed_out:
+            self._finish(i, Outcome.CANCELLED, error=detail)
+            return
+        if kind == _CANCELLED:
+            detail = f"timed out after {mod.timeout:g}s"
+            outcome = Outcome.TIMED_OUT
+        else:
+            outcome = Outcome.FAILED
+        rec.definition_error = value is True
+        rec.error = detail
+        if mod.ignore_failure and not rec.definition_error:
+            outcome = Outcome.IGNORED_FAILURE
+        if attempt.number <= mod.retries and self._cancelled is None and not rec.definition_error:
+            delay = min(RETRY_DELAY_CAP, mod.retry_delay * 2 ** (attempt.number - 1))
+            delay *= random.uniform(0.5, 1.5)
+            self.console.module_retry(self._names[i], attempt.number, delay, detail or "")
+            self._add_timer(time.monotonic() + delay, "retry", (i, outcome))
+            return
+        self._finish(i, outcome, error=detail)
+        if outcome.bad and not self.keep_going:
+            self._cancel_run(f"cancelled after {self._names[i]} {_verb(outcome)}")
+
+    # ------------------------------------------------------------ timekeeping
+
+    def _keep_time(self) -> None:
+        handled = 0
+        while True:
+            with self._lock:
+                if self._remaining == 0:
+                    return
+                now = time.monotonic()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, kind, payload = heapq.heappop(self._timers)
+                    self._fire(kind, payload)
+                wait = _POLL
+                if self._timers:
+                    wait = min(wait, max(0.0, self._timers[0][0] - now))
+                if self._interrupts > handled:
+                    handled = self._interrupts
+                    self._on_interrupt(handled)
+                    continue
+                if self._external_cancel is not None and self._cancelled is None:
+                    self._cancel_run(self._external_cancel)
+                    continue
+            self.console.tick()
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _fire(self, kind: str, payload: Any) -> None:
+        if kind == "retry":
+            i, outcome = payload
+            if self._cancelled is not None and not (
+                self._mods[i].always_run and not self._hard_cancel
+            ):
+                self._finish(i, outcome, error=self._records[i].error)
+                return
+            self._queue(i)
+            self._work.notify()
+            return
+        attempt: _Attempt = payload
+        if self._running.get(attempt.index) is not attempt:
+            return
+        if kind == "timeout":
+            attempt.timed_out = True
+            mod = self._mods[attempt.index]
+            self._cancel_attempt(attempt, f"timed out after {mod.timeout:g}s")
+        elif kind == "abandon":
+            self._abandon(attempt)
+
+    def _abandon(self, attempt: _Attempt) -> None:
+        """A cancelled module did not stop in time: record it and free its place (lock held)."""
+        i = attempt.index
+        attempt.abandoned = True
+        note = f"did not stop within {self.kill_grace + 1.0:g}s of being cancelled; abandoned"
+        self.console.output(self._names[i], note)
+        reason = attempt.cancellation.reason or "cancelled"
+        detail = f"{reason}; {note}"
+        self._complete(i, attempt, _CANCELLED, None, detail)
+        self._spawn_worker()
+
+    def _on_interrupt(self, count: int) -> None:
+        if count == 1:
+            self.console.message(
+                "interrupted: cancelling running modules (always_run modules still run; "
+                "interrupt again to stop them too)"
+            )
+            self._cancel_run("interrupted")
+        else:
+            self.console.message("interrupted again: cancelling always_run modules too")
+            self._cancel_run("interrupted", hard=True)
+
+
+_HAS_VALUE = frozenset({Outcome.SUCCEEDED, Outcome.CACHED})
+
+
+def _verb(outcome: Outcome) -> str:
+    return "timed out" if outcome is Outcome.TIMED_OUT else "failed"
+
+
+def _run_async(loop: asyncio.AbstractEventLoop, coro: Any, cancellation: Cancellation) -> Any:
+    task = loop.create_task(coro)
+
+    def cancel() -> None:
+        loop.call_soon_threadsafe(task.cancel)
+
+    cancellation.on_cancel(cancel)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        raise ModuleCancelled(cancellation.reason or "cancelled") from None

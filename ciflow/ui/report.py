@@ -1,0 +1,118 @@
+"""The JSON run report (``--report PATH``): one versioned document per run.
+
+Readers check ``schema_version``; a version newer than this ciflow knows is a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .._files import atomic_write_text
+from ..errors import CiflowError, UsageError
+from ..execution.engine import RunResult
+from ..execution.masking import MASKER
+from ..model.outcome import Outcome
+
+__all__ = ["SCHEMA_VERSION", "ModuleReport", "RunReport", "build_report", "write_report"]
+
+SCHEMA_VERSION = 1
+
+
+class ModuleReport(BaseModel):
+    """How one module ended."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    outcome: Outcome
+    attempts: int
+    start: datetime | None
+    end: datetime | None
+    duration: float
+    error: str | None = None
+    skip_reason: str | None = None
+    worker: str | None = None
+    slot: int | None = None
+    result: Any = None
+
+
+class RunReport(BaseModel):
+    """A whole run: its id, timing, exit code and one entry per module."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    started: datetime
+    finished: datetime
+    duration: float
+    exit_code: int
+    interrupted: bool
+    counts: dict[str, int]
+    modules: list[ModuleReport]
+
+
+def _time(stamp: float | None) -> datetime | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+
+
+def build_report(result: RunResult) -> RunReport:
+    """The report of a finished run (errors masked)."""
+    modules = []
+    counts: dict[str, int] = {}
+    for rec in result.records:
+        outcome = rec.outcome or Outcome.CANCELLED
+        counts[outcome.value] = counts.get(outcome.value, 0) + 1
+        modules.append(
+            ModuleReport(
+                name=rec.name,
+                outcome=outcome,
+                attempts=rec.attempts,
+                start=_time(rec.start),
+                end=_time(rec.end),
+                duration=round(rec.duration, 6),
+                error=MASKER.mask(rec.error) if rec.error else None,
+                skip_reason=MASKER.mask(rec.skip_reason) if rec.skip_reason else None,
+                worker=rec.worker,
+                slot=rec.slot,
+                result=MASKER.mask_data(json.loads(rec.result)) if rec.result else None,
+            )
+        )
+    return RunReport(
+        run_id=result.run_id,
+        started=datetime.fromtimestamp(result.started, UTC),
+        finished=datetime.fromtimestamp(result.finished, UTC),
+        duration=round(result.finished - result.started, 6),
+        exit_code=result.exit_code,
+        interrupted=result.interrupted,
+        counts=counts,
+        modules=modules,
+    )
+
+
+def write_report(report: RunReport, path: Path) -> None:
+    """Write the report atomically: a reader never sees half a file."""
+    try:
+        atomic_write_text(path, report.model_dump_json(indent=2) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
+
+
+def read_report(path: Path) -> RunReport:
+    """Read a report written by `write_report`; newer schema versions are refused clearly."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CiflowError(f"cannot read run report {path}: {exc}") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise CiflowError(
+            f"run report {path} has schema version {version!r}; this ciflow reads up to "
+            f"{SCHEMA_VERSION}: upgrade ciflow"
+        )
+    return RunReport.model_validate(data)

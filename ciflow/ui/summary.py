@@ -1,0 +1,165 @@
+"""The end-of-run summary: a table of modules (failures first), skip reasons, first errors."""
+
+from __future__ import annotations
+
+import time
+
+from ..execution.engine import RunResult
+from ..execution.masking import MASKER
+from ..model.outcome import ModuleRecord, Outcome
+from .console import format_duration
+
+__all__ = ["render_summary", "store_calls", "to_markdown", "write_step_summary"]
+
+_MAX_ERROR_LINES = 12
+
+
+def _clock(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return time.strftime("%H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 10)}"
+
+
+def _order(records: list[ModuleRecord]) -> list[ModuleRecord]:
+    position = {r.name: i for i, r in enumerate(records)}
+
+    def key(rec: ModuleRecord) -> tuple[int, float, int]:
+        bad = rec.outcome is None or rec.outcome.bad
+        return (
+            0 if bad else 1,
+            rec.start if rec.start is not None else float("inf"),
+            position[rec.name],
+        )
+
+    return sorted(records, key=key)
+
+
+def render_summary(result: RunResult) -> str:
+    """The summary as text, ready to print anywhere (secrets masked)."""
+    records = _order(result.records)
+    show_slot = any(r.slot is not None for r in records)
+    header = ["module", "outcome", "duration", "start", "end", "attempts"]
+    if show_slot:
+        header.append("slot")
+    rows = [header]
+    for rec in records:
+        outcome = (rec.outcome or Outcome.CANCELLED).value
+        row = [
+            rec.name,
+            outcome,
+            format_duration(rec.duration) if rec.start is not None else "-",
+            _clock(rec.start),
+            _clock(rec.end),
+            str(rec.attempts) if rec.attempts else "-",
+        ]
+        if show_slot:
+            row.append("-" if rec.slot is None else str(rec.slot))
+        rows.append(row)
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    lines = ["", "Summary"]
+    for n, row in enumerate(rows):
+        lines.append("  " + "  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
+        if n == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    skipped = [r for r in records if r.outcome is Outcome.SKIPPED and r.skip_reason]
+    if skipped:
+        lines += ["", "Skipped"]
+        lines += [f"  {r.name}: {r.skip_reason}" for r in skipped]
+    failed = [
+        r
+        for r in records
+        if r.error and r.outcome in (Outcome.FAILED, Outcome.TIMED_OUT, Outcome.IGNORED_FAILURE)
+    ]
+    if failed:
+        lines += ["", "Errors"]
+        for rec in failed:
+            error_lines = (rec.error or "").splitlines()
+            if len(error_lines) > _MAX_ERROR_LINES:
+                error_lines = [*error_lines[:1], "  ...", *error_lines[-(_MAX_ERROR_LINES - 2) :]]
+            lines.append(
+                f"  {rec.name} ({(rec.outcome or Outcome.FAILED).value}): {error_lines[0]}"
+            )
+            lines += [f"    {line}" for line in error_lines[1:]]
+    counts: dict[str, int] = {}
+    for rec in result.records:
+        key = (rec.outcome or Outcome.CANCELLED).value.replace("_", " ")
+        counts[key] = counts.get(key, 0) + 1
+    tally = ", ".join(f"{n} {k}" for k, n in counts.items())
+    verdict = {0: "OK", 1: "FAILED", 2: "FAILED (pipeline error)", 130: "INTERRUPTED"}.get(
+        result.exit_code, "FAILED"
+    )
+    total = format_duration(result.finished - result.started)
+    lines += ["", f"{verdict}: {len(result.records)} module(s): {tally} in {total}"]
+    return MASKER.mask("\n".join(lines))
+
+
+def store_calls(store_ops: list[dict[str, int]], modules: int) -> str | None:
+    """One line on the store calls the workers made (from their deregistrations), or None.
+
+    Backends behind an API count each request by name (``ListArtifacts``, ``blob-upload``...,
+    what rate limits count); those are shown alone. Otherwise the store operations are.
+    """
+    total: dict[str, int] = {}
+    for ops in store_ops:
+        for name, count in ops.items():
+            total[name] = total.get(name, 0) + count
+    api = {k: v for k, v in total.items() if k[:1].isupper() or k.startswith("blob-")}
+    shown = api or total
+    if not shown:
+        return None
+    calls = sum(shown.values())
+    what = "API calls" if api else "store operations"
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(shown.items(), key=lambda kv: (-kv[1], kv[0])))
+    per = f", {calls / modules:.1f} per module" if modules else ""
+    return f"{what} by {len(store_ops)} worker(s): {calls}{per} ({parts})"
+
+
+def to_markdown(result: RunResult, footer: str | None = None) -> str:
+    """The summary as GitHub-flavoured Markdown: a table and a mermaid Gantt of what ran where."""
+    from .diagram import to_gantt
+
+    records = _order(result.records)
+    lines = [
+        f"### ciflow run {result.run_id}: "
+        + {0: "OK", 130: "interrupted"}.get(result.exit_code, "failed"),
+        "",
+        "| module | outcome | duration | slot | error or reason |",
+        "|---|---|---|---|---|",
+    ]
+    for rec in records:
+        outcome = (rec.outcome or Outcome.CANCELLED).value
+        why = (rec.error or rec.skip_reason or "").splitlines()
+        cell = why[0].replace("|", "\\|") if why else ""
+        duration = format_duration(rec.duration) if rec.start is not None else "-"
+        slot = "-" if rec.slot is None else str(rec.slot)
+        lines.append(f"| {rec.name} | {outcome} | {duration} | {slot} | {cell} |")
+    ran = [r for r in records if r.start is not None and r.end is not None]
+    if ran:
+        origin = min(r.start for r in ran if r.start is not None)
+        sections: dict[str, list[tuple[str, float, float]]] = {}
+        for rec in sorted(ran, key=lambda r: r.start or 0.0):
+            label = "this machine" if rec.slot is None else f"slot {rec.slot}"
+            start = (rec.start or origin) - origin
+            sections.setdefault(label, []).append((rec.name, start, (rec.end or origin) - origin))
+        lines += ["", "```mermaid", to_gantt("what ran where", list(sections.items())), "```"]
+    if footer:
+        lines += ["", footer]
+    return MASKER.mask("\n".join(lines)) + "\n"
+
+
+def write_step_summary(result: RunResult, footer: str | None = None) -> None:
+    """Append the Markdown summary to ``$GITHUB_STEP_SUMMARY`` when GitHub Actions gives one."""
+    import os
+
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(to_markdown(result, footer))
+    except OSError as exc:
+        from ..errors import UsageError
+
+        raise UsageError(
+            f"cannot write GITHUB_STEP_SUMMARY {path}: {exc.strerror or exc}"
+        ) from None
