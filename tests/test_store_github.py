@@ -875,7 +875,7 @@ def test_api_calls_per_operation(emu: GitHubEmulator, clients: Clients, tmp_path
 
 def test_wait_lists_once_per_poll_interval(emu: GitHubEmulator, clients: Clients) -> None:
     store = clients.open()
-    store.max_poll_interval = 0.3
+    store.poll = 0.3
     emu.reset_calls()
     started = time.monotonic()
     assert store.wait("", (), timeout=1.0) == []
@@ -889,7 +889,7 @@ def test_a_read_back_wakes_a_waiter_and_counts_as_its_poll(
     emu: GitHubEmulator, clients: Clients
 ) -> None:
     store = clients.open()
-    store.max_poll_interval = 5.0
+    store.poll = 5.0
     store.list("")  # the waiter's poll is not due for 5 s
     emu.reset_calls()
     with ThreadPoolExecutor(1) as pool:

@@ -203,7 +203,9 @@ def plan_(
             ) from None
 
 
-def _open_run(store: str | None, run_id: str | None) -> "tuple[Store, RunKeys]":
+def _open_run(
+    store: str | None, run_id: str | None, poll: float | None = None
+) -> "tuple[Store, RunKeys]":
     from ..distributed.keys import RunKeys
     from ..stores import open_store
 
@@ -219,7 +221,7 @@ def _open_run(store: str | None, run_id: str | None) -> "tuple[Store, RunKeys]":
     run = run_id or _default_run_id()
     if run is None:
         raise UsageError("no run id: pass --run-id ID or set CIFLOW_RUN_ID")
-    return open_store(store), RunKeys(run)
+    return open_store(store, poll=poll), RunKeys(run)
 
 
 def _default_run_id() -> str | None:
@@ -315,11 +317,7 @@ def worker(
                 "GitLab parallel:, Kubernetes Indexed Jobs, CircleCI, Buildkite)"
             )
         slot = job.slot
-    target_store, keys = _open_run(store, run_id)
-    if poll is not None:
-        target_store.max_poll_interval = poll
-        target_store.min_poll_interval = min(target_store.min_poll_interval, poll)
-        target_store.slow_poll = 2.5 * poll
+    target_store, keys = _open_run(store, run_id, poll)
     if plan is not None:
         from ..distributed.orchestrator import load_plan_file, publish_plan
 
@@ -328,6 +326,7 @@ def worker(
     options = WorkerOptions(
         slot=slot,
         jobs=jobs,
+        slow_poll=None if poll is None else 2.5 * poll,
         steal=steal,
         keep_going=keep_going,
         heartbeat_interval=heartbeat_interval,

@@ -139,10 +139,10 @@ class Worker:
         tools = {t for m in pipeline.modules.values() for t in m.requires.tools}
         self.caps = Capabilities.detect(tools, options.tags, options.jobs)
         self.results = ResultCache(store, self.keys)
-        beat = options.heartbeat_interval or store.heartbeat_interval
+        beat = options.heartbeat_interval or store.profile.heartbeat
         self.heartbeat_interval = beat
         self.heartbeat_timeout = options.heartbeat_timeout or max(10.0, 4 * beat)
-        self.slow_poll = options.slow_poll or store.slow_poll
+        self.slow_poll = options.slow_poll or store.profile.slow_poll
         self.liveness = Liveness(store, self.keys, self.heartbeat_timeout)
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
@@ -162,7 +162,7 @@ class Worker:
         self._claim_attempts: dict[str, int] = {}  # module -> newest claimed attempt listed
         self._requests: dict[str, list[str]] = {}  # module -> workers that asked for it
         self._asked: dict[str, float] = {}  # modules this worker asked for -> when
-        self._ask_expiry = 4 * max(self.slow_poll, store.max_poll_interval) + 1.0
+        self._ask_expiry = 4 * max(self.slow_poll, store.poll) + 1.0
         self._slot_order: dict[int, list[str]] = {}
         self._warned_twice = False
         # not_in_parallel=True across workers: the holder of the run-alone lease waits until
@@ -248,7 +248,7 @@ class Worker:
         Returns this worker's own job id when that API lists it (then this worker needs no
         heartbeats: observers look its job up), else None.
         """
-        if not self.store.ci_jobs_liveness:
+        if not self.store.profile.ci_jobs_liveness:
             return None
         jobs = GitHubJobs.from_env(os.environ)
         if jobs is None:
@@ -308,7 +308,7 @@ class Worker:
         listed: list[str] | None = None
         # Where one list call sees everything anyway (github://), every poll lists the whole
         # namespace and serves all readers; elsewhere the fast poll watches results only.
-        whole = self.store.lists_everything
+        whole = self.store.profile.lists_everything
         while True:
             self._reraise()
             results = listed

@@ -21,10 +21,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CiflowError, UsageError
 
-__all__ = ["Store", "StoreError", "StoreStats", "StoreUnavailable", "check_key", "open_store"]
+if TYPE_CHECKING:
+    from .registry import StoreProfile
+
+__all__ = ["FIRST_POLL", "Store", "StoreError", "StoreStats", "StoreUnavailable", "check_key"]
+
+#: the first pause of the default `Store.wait` (it doubles up to the poll interval)
+FIRST_POLL = 0.005
 
 _KEY = re.compile(r"[A-Za-z0-9._=@+-]+(/[A-Za-z0-9._=@+-]+)*")
 
@@ -65,22 +72,16 @@ class Store(ABC):
 
     #: the URL this store was opened with
     url: str
-    #: how long `wait` sleeps at most between polls, for backends that cannot push
-    max_poll_interval: float = 0.25
-    #: the first pause of `wait` (it doubles up to `max_poll_interval`)
-    min_poll_interval: float = 0.005
-    #: how often a worker lists the run's whole namespace (liveness, claims, cancel record)
-    slow_poll: float = 0.25
-    #: how often a worker heartbeats by default (each beat is a create and a delete)
-    heartbeat_interval: float = 1.0
-    #: one list call returns every key whatever the prefix (so workers list everything at once)
-    lists_everything: bool = False
-    #: the store lives in a CI platform whose jobs API tells when a worker's job ended, which
-    #: replaces heartbeats where the token allows it (see ciflow/jobs.py)
-    ci_jobs_liveness: bool = False
+    #: what this kind of store costs and offers (set from the scheme registry)
+    profile: StoreProfile
 
     def __init__(self, url: str) -> None:
+        from .registry import profile_for
+
         self.url = url
+        self.profile = profile_for(url)
+        #: the poll interval in use: the profile's, or what `open_store` was given
+        self.poll = self.profile.poll
         self.stats = StoreStats()
 
     @abstractmethod
@@ -119,15 +120,21 @@ class Store(ABC):
         return True
 
     def wait(
-        self, prefix: str, known: Collection[str] = (), timeout: float = 1.0
+        self,
+        prefix: str,
+        known: Collection[str] = (),
+        timeout: float = 1.0,
+        poll: float | None = None,
     ) -> builtins.list[str]:
         """Block until ``list(prefix)`` has a key not in ``known`` or ``timeout`` passes.
 
         Returns the current key list either way. The default polls with capped exponential
-        backoff; backends that can push (Redis, HTTP long-poll) override it to wake at once.
+        backoff (from 5 ms up to ``poll``, default `poll`); backends that can push
+        (Redis, HTTP long-poll) override it to wake at once.
         """
+        cap = self.poll if poll is None else poll
         deadline = time.monotonic() + timeout
-        delay = min(self.min_poll_interval, self.max_poll_interval)
+        delay = min(FIRST_POLL, cap)
         while True:
             keys = self.list(prefix)
             if any(k not in known for k in keys):
@@ -136,7 +143,7 @@ class Store(ABC):
             if remaining <= 0:
                 return keys
             time.sleep(min(delay, remaining))
-            delay = min(delay * 2, self.max_poll_interval)
+            delay = min(delay * 2, cap)
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections; the store is not used afterwards."""
@@ -147,31 +154,3 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_store(url: str) -> Store:
-    """Open the store for ``url``; the scheme picks the backend.
-
-    ``file://PATH`` (or a plain path) is the local or shared-folder store; ``github://[NS]`` the
-    artifacts of the current workflow run, ``github-cache://[NS]`` the Actions cache.
-    """
-    scheme, sep, _ = url.partition("://")
-    if not sep:
-        scheme, url = "file", f"file://{Path(url).expanduser().resolve()}"
-    if scheme == "file":
-        from .file import FileStore
-
-        store: Store = FileStore(url)
-        return store
-    if scheme == "github":
-        from .github import GitHubArtifactStore
-
-        return GitHubArtifactStore(url)
-    if scheme == "github-cache":
-        from .github_cache import GitHubCacheStore
-
-        return GitHubCacheStore(url)
-    raise UsageError(
-        f"unknown store URL {url!r}: ciflow supports file://PATH, github:// and github-cache:// "
-        "(Redis and HTTP stores are not implemented yet)"
-    )

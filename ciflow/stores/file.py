@@ -80,9 +80,6 @@ def root_from_url(url: str) -> Path:
 class FileStore(Store):
     """A store in a folder, safe for many processes and for machines sharing a network folder."""
 
-    #: listing a folder is cheap: poll often so that hand-offs between workers stay fast
-    max_poll_interval = 0.01
-
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.root = root_from_url(url)

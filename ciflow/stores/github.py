@@ -793,19 +793,6 @@ class DownloadingStore(Store):
 class GitHubArtifactStore(DownloadingStore):
     """A store in the artifacts of the current workflow run, shared by all its jobs."""
 
-    #: the results service is rate limited: `wait` lists at most once every 2 s (every look is
-    #: an API call, so there are no quicker first polls)
-    max_poll_interval = 2.0
-    #: a worker lists the run (1 call) this often
-    slow_poll = 5.0
-    #: without the jobs API, a beat is a create and a delete of the previous one (4 calls):
-    #: every 30 s, stale after 120 s
-    heartbeat_interval = 30.0
-    #: ListArtifacts returns every artifact of the run in one call
-    lists_everything = True
-    #: workers are jobs of the run: the jobs API says when one ended (no heartbeat artifacts)
-    ci_jobs_liveness = True
-
     def __init__(
         self,
         url: str = "github://",
@@ -1037,13 +1024,18 @@ class GitHubArtifactStore(DownloadingStore):
         return self._keys(self._entries(), prefix)
 
     def wait(
-        self, prefix: str, known: Collection[str] = (), timeout: float = 1.0
+        self,
+        prefix: str,
+        known: Collection[str] = (),
+        timeout: float = 1.0,
+        poll: float | None = None,
     ) -> builtins.list[str]:
-        """Like `Store.wait`, listing at most once per `max_poll_interval`.
+        """Like `Store.wait`, listing at most once per ``poll`` (default `poll`).
 
         A listing this store made meanwhile for another reason (a create's read-back, a get)
         counts as that poll, and wakes the waiter at once.
         """
+        interval = self.poll if poll is None else poll
         deadline = time.monotonic() + timeout
         while True:
             with self._fresh_changed:
@@ -1053,11 +1045,11 @@ class GitHubArtifactStore(DownloadingStore):
                 if stamp > self._polled:  # a listing nobody waiting has looked at yet
                     self._polled = stamp
                     fresh = entries
-                elif now - stamp < self.max_poll_interval:  # too early for a poll
+                elif now - stamp < interval:  # too early for a poll
                     remaining = deadline - now
                     if remaining <= 0:
                         return self._keys(entries, prefix)
-                    self._fresh_changed.wait(min(stamp + self.max_poll_interval - now, remaining))
+                    self._fresh_changed.wait(min(stamp + interval - now, remaining))
                     continue
             if fresh is None:
                 self.stats.add("list")

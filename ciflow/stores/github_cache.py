@@ -69,9 +69,6 @@ def _denied(message: str) -> bool:
 class GitHubCacheStore(DownloadingStore):
     """A store in the repository's GitHub Actions cache: create-once values, no listing."""
 
-    #: only `wait` polls, and it cannot list here; kept in line with the artifact store
-    max_poll_interval = 2.0
-
     def __init__(
         self,
         url: str = "github-cache://",
@@ -212,7 +209,11 @@ class GitHubCacheStore(DownloadingStore):
         )
 
     def wait(
-        self, prefix: str, known: Collection[str] = (), timeout: float = 1.0
+        self,
+        prefix: str,
+        known: Collection[str] = (),
+        timeout: float = 1.0,
+        poll: float | None = None,
     ) -> builtins.list[str]:
         """Not possible (it needs `list`): raises `StoreError`."""
         return self.list(prefix)

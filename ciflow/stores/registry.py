@@ -1,0 +1,110 @@
+"""Which backend serves which URL scheme, and what the planner and workers should know of it.
+
+One `Backend` entry per scheme: the class that implements it (imported only when a store of
+that scheme is opened) and its `StoreProfile`. A new backend is one new file plus one line in
+`BACKENDS` (see docs/architecture.md, "Adding a store").
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from .base import Store
+
+__all__ = ["BACKENDS", "Backend", "StoreProfile", "backend_for", "open_store", "profile_for"]
+
+
+@dataclass(frozen=True)
+class StoreProfile:
+    """What a kind of store costs and offers, for the planner and for workers' cadences."""
+
+    #: seconds a transfer of a result or archive between runners costs before its bytes
+    latency: float
+    #: bytes per second a transfer moves
+    bandwidth: float
+    #: longest pause between two looks at the store while waiting for a key
+    poll: float
+    #: how often a worker lists the run's whole namespace (liveness, claims, requests)
+    slow_poll: float
+    #: how often a worker heartbeats by default
+    heartbeat: float
+    #: `Store.wait` wakes at once when a key appears (no polling needed)
+    pushes: bool = False
+    #: one list call returns every key of the store whatever the prefix
+    lists_everything: bool = False
+    #: workers are CI jobs whose platform API says when one ended (heartbeats not needed)
+    ci_jobs_liveness: bool = False
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One URL scheme: where its class lives (``module:Class``) and its profile."""
+
+    scheme: str
+    target: str
+    profile: StoreProfile
+    example: str
+
+    def load(self) -> type[Store]:
+        """Import the backend's class (and its client library) now."""
+        module, _, name = self.target.partition(":")
+        cls: type[Store] = getattr(importlib.import_module(module, __package__), name)
+        return cls
+
+
+_FILE = StoreProfile(latency=0.02, bandwidth=200e6, poll=0.01, slow_poll=0.25, heartbeat=1.0)
+# the results service is rate limited: every look is an API call
+_GITHUB = StoreProfile(
+    latency=3.0, bandwidth=20e6, poll=2.0, slow_poll=5.0, heartbeat=30.0,
+    lists_everything=True, ci_jobs_liveness=True,
+)  # fmt: skip
+_GITHUB_CACHE = StoreProfile(latency=3.0, bandwidth=20e6, poll=2.0, slow_poll=5.0, heartbeat=30.0)
+
+BACKENDS: dict[str, Backend] = {
+    b.scheme: b
+    for b in (
+        Backend("file", ".file:FileStore", _FILE, "file:///shared/ciflow"),
+        Backend("github", ".github:GitHubArtifactStore", _GITHUB, "github://"),
+        Backend("github-cache", ".github_cache:GitHubCacheStore", _GITHUB_CACHE, "github-cache://"),
+    )
+}
+
+
+def normalize_url(url: str) -> str:
+    """A plain path becomes ``file://<absolute path>``; URLs are returned as they are."""
+    if "://" in url:
+        return url
+    return f"file://{Path(url).expanduser().resolve()}"
+
+
+def backend_for(url: str) -> Backend:
+    """The backend entry for ``url``'s scheme; `UsageError` naming the known ones otherwise."""
+    scheme = normalize_url(url).partition("://")[0]
+    backend = BACKENDS.get(scheme)
+    if backend is None:
+        known = ", ".join(b.example for b in BACKENDS.values())
+        raise UsageError(f"unknown store URL {url!r}: ciflow supports {known}")
+    return backend
+
+
+def profile_for(url: str) -> StoreProfile:
+    """The profile of ``url``'s backend, without opening (or importing) it."""
+    return backend_for(url).profile
+
+
+def open_store(url: str, *, poll: float | None = None) -> Store:
+    """Open the store for ``url``; the scheme picks the backend (a plain path is a folder).
+
+    ``poll`` overrides the profile's poll interval (how long `Store.wait` sleeps at most).
+    """
+    url = normalize_url(url)
+    store = backend_for(url).load()(url)
+    if poll is not None:
+        store.poll = poll
+    return store
