@@ -333,17 +333,15 @@ def graph(
 @app.command()
 def validate(file: FileOption = None, debug: DebugOption = False) -> None:
     """Check the pipeline file without running anything."""
-    from ..model.requirements import Capabilities
+    from ..model.requirements import Capabilities, unmet
 
     pipeline = _load(file, debug)
     edges = sum(len(m.depends_on) for m in pipeline.modules.values())
     typer.echo(f"ok: {pipeline.path}: {len(pipeline)} module(s), {edges} dependencies")
     tools = {t for m in pipeline.modules.values() for t in m.requires.tools}
     caps = Capabilities.detect(tools)
-    for name in pipeline.order:
-        missing = pipeline.modules[name].requires.missing(caps)
-        if missing:
-            typer.echo(f"note: this machine cannot run {name!r}: needs {', '.join(missing)}")
+    for problem in unmet(pipeline.modules, pipeline.order, caps):
+        typer.echo(f"note: this machine cannot run {problem}")
 
 
 def main() -> None:

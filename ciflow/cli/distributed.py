@@ -395,7 +395,7 @@ def dry_run(
     tools = {t for m in pipeline.modules.values() for t in m.requires.tools}
     caps = Capabilities.detect(tools)
     pool = RunnerPool(count=workers, runs_on="local", os=caps.os, arch=caps.arch,
-                      tools=tuple(sorted(caps.tools)))  # fmt: skip
+                      tools=tuple(sorted(caps.tools or ())))  # fmt: skip
     plan = plan_pipeline(pipeline, [pool], history=History.load(_history_path(pipeline, None)))
     console = Console()
     with tempfile.TemporaryDirectory(prefix="ciflow-dry-run-") as tmp:

@@ -28,7 +28,7 @@ from ..errors import CiflowError, RequirementError
 from ..execution.engine import Engine
 from ..model.outcome import ModuleRecord, Outcome, dependency_verdict
 from ..model.pipeline import Pipeline, Selection
-from ..model.requirements import Capabilities
+from ..model.requirements import Capabilities, unmet
 from ..planning.planner import DistributedExecutionPlan
 from ..providers.github_jobs import GitHubJobs, job_of
 from ..stores.base import Store, StoreError
@@ -277,17 +277,13 @@ class Worker:
                 f"the plan has no slot {self.options.slot} (slots 0..{len(plan.slots) - 1}); "
                 "start workers with --slot within the plan's range"
             )
-        problems = []
         for item in mine.modules:
-            module = self.pipeline.modules.get(item.name)
-            if module is None:
+            if item.name not in self.pipeline.modules:
                 raise CiflowError(
                     f"the plan names module {item.name!r}, which the pipeline file does not "
                     "define: plan and workers must use the same pipeline"
                 )
-            missing = module.requires.missing(self.caps)
-            if missing:
-                problems.append(f"{item.name!r} needs {', '.join(missing)}")
+        problems = unmet(self.pipeline.modules, [m.name for m in mine.modules], self.caps)
         if problems:
             raise RequirementError(
                 f"slot {self.options.slot} cannot serve the modules planned for it: "

@@ -28,7 +28,7 @@ from ..errors import CommandFailed, ModuleCancelled, RequirementError, ResultTyp
 from ..model.outcome import DEPENDENCY_EFFECT as _DEP_OUTCOME
 from ..model.outcome import ModuleRecord, Outcome
 from ..model.pipeline import Pipeline, Selection
-from ..model.requirements import Capabilities
+from ..model.requirements import Capabilities, unmet
 from .context import Context
 from .process import KILL_GRACE, Cancellation
 
@@ -56,11 +56,7 @@ def check_requirements(
     pipeline: Pipeline, names: list[str] | tuple[str, ...], caps: Capabilities
 ) -> None:
     """Raise `RequirementError` naming every module this machine cannot serve, and why."""
-    problems = []
-    for name in names:
-        missing = pipeline.modules[name].requires.missing(caps)
-        if missing:
-            problems.append(f"{name!r} needs {', '.join(missing)}")
+    problems = unmet(pipeline.modules, names, caps)
     if problems:
         raise RequirementError(
             f"this machine cannot run {'; '.join(problems)}; install what is missing, "

@@ -17,6 +17,8 @@ from typing import Any, Literal, NamedTuple, overload
 
 from ..errors import DuplicateModuleError, SpecError
 from .conditions import Condition
+from .constraints import NONE as NO_CONSTRAINTS
+from .constraints import Constraints
 from .requirements import Requires
 
 __all__ = ["Dependency", "Module", "ParallelLimit", "module", "optional"]
@@ -75,6 +77,7 @@ class Module:
         "fn", "name", "depends_on", "requires", "not_in_parallel", "alone", "parallel_limit",
         "timeout", "retries", "retry_delay", "skip_if", "ignore_failure", "always_run",
         "category", "tags", "inputs", "outputs", "cache", "affinity", "cost", "is_async",
+        "constraints",
         "__wrapped__",
     )  # fmt: skip
 
@@ -123,6 +126,11 @@ class Module:
                 f"not {parallel_limit!r}"
             )
         self.parallel_limit = parallel_limit
+        self.constraints = (
+            Constraints.of(self.alone, self.not_in_parallel, parallel_limit)
+            if self.alone or self.not_in_parallel or parallel_limit is not None
+            else NO_CONSTRAINTS
+        )
         self.timeout = _positive(timeout, "timeout", where)
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise SpecError(f"{where}: retries must be an integer >= 0, not {retries!r}")

@@ -1,7 +1,9 @@
-"""What a module requires of a machine, and what a machine offers.
+"""What a module requires of a machine, and what a machine offers: the one matcher.
 
-`Requires` is declared on a module; `Capabilities` is detected on the machine (or reported by a
-worker). `Requires.missing(caps)` says in words what is lacking, for error messages and planning.
+`Requires` is declared on a module; `Capabilities` is what a machine offers: detected here, read
+from a worker's registration, or declared for a runner pool (where anything left out is not
+checked). `Requires.missing(caps)` says in words what is lacking, and `unmet` applies it to
+modules: ``ciflow run``, ``validate``, the planner and the workers all use these two.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["Capabilities", "Requires", "normalize_arch", "normalize_os"]
+__all__ = ["Capabilities", "Requires", "normalize_arch", "normalize_os", "unmet"]
 
 _OS_ALIASES = {
     "linux": "linux",
@@ -82,13 +85,19 @@ class Requires:
         object.__setattr__(self, "tags", _names(tags))
 
     def missing(self, caps: Capabilities) -> list[str]:
-        """Describe each unmet requirement, e.g. ``"os linux (this machine: windows)"``."""
+        """Describe each unmet requirement, e.g. ``"os linux (this machine: windows)"``.
+
+        What ``caps`` leaves undeclared (an os, arch or tool list of None) is not checked.
+        """
         lacking: list[str] = []
-        if self.os and caps.os not in self.os:
-            lacking.append(f"os {' or '.join(self.os)} (this machine: {caps.os})")
-        if self.arch and caps.arch not in self.arch:
-            lacking.append(f"arch {' or '.join(self.arch)} (this machine: {caps.arch})")
-        lacking += [f"tool {tool!r} on PATH" for tool in self.tools if tool not in caps.tools]
+        where = caps.label
+        if self.os and caps.os is not None and caps.os not in self.os:
+            lacking.append(f"os {' or '.join(self.os)} ({where}: {caps.os})")
+        if self.arch and caps.arch is not None and caps.arch not in self.arch:
+            lacking.append(f"arch {' or '.join(self.arch)} ({where}: {caps.arch})")
+        if caps.tools is not None:
+            on_path = " on PATH" if caps.detected else ""
+            lacking += [f"tool {tool!r}{on_path}" for tool in self.tools if tool not in caps.tools]
         lacking += [f"tag {tag!r}" for tag in self.tags if tag not in caps.tags]
         return lacking
 
@@ -98,13 +107,20 @@ class Requires:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What one machine (worker) offers: OS, architecture, tools found on PATH, tags."""
+    """What one machine (worker) or runner pool offers: OS, architecture, tools, tags.
 
-    os: str
-    arch: str
-    tools: frozenset[str] = field(default_factory=frozenset)
+    ``None`` for ``os``, ``arch`` or ``tools`` means "not declared" (a pool that does not say):
+    requirements on it are then not checked. ``label`` names the offer in messages, and
+    ``detected`` says the tools were looked up on PATH.
+    """
+
+    os: str | None
+    arch: str | None
+    tools: frozenset[str] | None = field(default_factory=frozenset)
     tags: frozenset[str] = field(default_factory=frozenset)
     max_parallel: int = 1
+    label: str = "this machine"
+    detected: bool = True
 
     @classmethod
     def detect(
@@ -119,3 +135,39 @@ class Capabilities:
             tags=frozenset(tags),
             max_parallel=max_parallel,
         )
+
+    @classmethod
+    def declared(
+        cls,
+        os: str | None,
+        arch: str | None,
+        tools: Iterable[str] | None,
+        tags: Iterable[str],
+        label: str = "pool",
+    ) -> Capabilities:
+        """What a runner pool says it offers (names normalized; None: not declared)."""
+        return cls(
+            os=normalize_os(os) if os else None,
+            arch=normalize_arch(arch) if arch else None,
+            tools=None if tools is None else frozenset(tools),
+            tags=frozenset(tags),
+            label=label,
+            detected=False,
+        )
+
+
+class _HasRequires(Protocol):
+    @property
+    def requires(self) -> Requires: ...
+
+
+def unmet(
+    modules: Mapping[str, _HasRequires], names: Iterable[str], caps: Capabilities
+) -> list[str]:
+    """``"'name' needs <what is missing>"`` for each of ``names`` that ``caps`` cannot serve."""
+    problems = []
+    for name in names:
+        missing = modules[name].requires.missing(caps)
+        if missing:
+            problems.append(f"{name!r} needs {', '.join(missing)}")
+    return problems

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import RequirementError, UsageError
 from ..model.pipeline import Pipeline, Selection
-from ..model.requirements import Capabilities, Requires, normalize_arch, normalize_os
+from ..model.requirements import Capabilities, Requires
 from .history import History
 from .scheduler import Problem, Schedule, Task, plan
 
@@ -72,21 +72,12 @@ class RunnerPool(BaseModel):
 
     def missing(self, requires: Requires) -> list[str]:
         """What a module's requirements need that this pool does not offer."""
-        caps = Capabilities(
-            os=normalize_os(self.os) if self.os else "",
-            arch=normalize_arch(self.arch) if self.arch else "",
-            tools=frozenset(self.tools or ()),
-            tags=frozenset(self.tags),
-        )
-        lacking = []
-        if requires.os and self.os is not None and caps.os not in requires.os:
-            lacking.append(f"os {' or '.join(requires.os)} (pool: {self.os})")
-        if requires.arch and self.arch is not None and caps.arch not in requires.arch:
-            lacking.append(f"arch {' or '.join(requires.arch)} (pool: {self.arch})")
-        if self.tools is not None:
-            lacking += [f"tool {t!r}" for t in requires.tools if t not in caps.tools]
-        lacking += [f"tag {t!r}" for t in requires.tags if t not in caps.tags]
-        return lacking
+        return requires.missing(self.capabilities)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the pool declares it offers (what it leaves out is not checked)."""
+        return Capabilities.declared(self.os, self.arch, self.tools, self.tags)
 
 
 class Transfer(BaseModel):
