@@ -22,12 +22,12 @@ if TYPE_CHECKING:
         UsageError,
     )
     from .execution.context import Context
-    from .execution.engine import Engine, RunResult
+    from .execution.engine import Engine
     from .execution.masking import secret
     from .execution.process import CommandResult
     from .model.conditions import Condition, env_set, not_on_branch, not_on_ci, on_branch, on_ci
     from .model.module import Module, ParallelLimit, module, optional
-    from .model.outcome import Outcome
+    from .model.outcome import Outcome, RunResult
     from .model.pipeline import Pipeline, load_pipeline
     from .model.requirements import Capabilities, Requires
 
@@ -73,7 +73,7 @@ _WHERE = {
     "on_ci": "model.conditions",
     "Context": "execution.context",
     "Engine": "execution.engine",
-    "RunResult": "execution.engine",
+    "RunResult": "model.outcome",
     "CiflowError": "errors",
     "CommandFailed": "errors",
     "CycleError": "errors",

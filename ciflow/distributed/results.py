@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from ..execution.engine import RunResult
-from ..model.outcome import ModuleRecord, Outcome
+from ..model.outcome import ModuleRecord, Outcome, RunResult
 from ..stores.base import Store, StoreError
 from .blob import OutputRef, ResultHeader, decode_result, encode_result
 from .keys import RunKeys

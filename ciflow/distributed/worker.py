@@ -26,7 +26,8 @@ from typing import Any
 from .._signals import catching_signals
 from ..errors import CiflowError, RequirementError
 from ..execution.engine import Engine
-from ..model.outcome import ModuleRecord, Outcome, dependency_verdict
+from ..execution.policy import dependency_verdict
+from ..model.outcome import ModuleRecord, Outcome
 from ..model.pipeline import Pipeline, Selection
 from ..model.requirements import Capabilities, unmet
 from ..planning.planner import DistributedExecutionPlan

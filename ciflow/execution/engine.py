@@ -12,33 +12,40 @@ import asyncio
 import gc
 import heapq
 import os
-import random
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._gc import gc_paused
 from .._signals import catching_signals
-from ..errors import CommandFailed, ModuleCancelled, RequirementError, ResultTypeError
-from ..model.outcome import DEPENDENCY_EFFECT as _DEP_OUTCOME
-from ..model.outcome import ModuleRecord, Outcome
+from ..model.outcome import ModuleRecord, Outcome, RunResult
 from ..model.pipeline import Pipeline, Selection
-from ..model.requirements import Capabilities, unmet
+from ..model.requirements import Capabilities
+from ..model.requirements import check_requirements as _check_requirements
+from .attempt import AttemptResult, Ending, run_attempt
 from .context import Context
+from .holdings import Holdings
+from .policy import DEPENDENCY_EFFECT as _DEP_OUTCOME
+from .policy import cannot_run, fail_fast_reason, settle
 from .process import KILL_GRACE, Cancellation
 
 if TYPE_CHECKING:
     from ..ui.console import Console
 
+# RunResult and check_requirements are re-exported for callers not yet moved to model/
 __all__ = ["Engine", "RunResult", "check_requirements", "default_jobs", "new_run_id"]
 
-RETRY_DELAY_CAP = 60.0
 _POLL = 0.05  # how often the timekeeping thread looks at signals when nothing else wakes it
+
+
+def check_requirements(
+    pipeline: Pipeline, names: list[str] | tuple[str, ...], caps: Capabilities
+) -> None:
+    """`ciflow.model.requirements.check_requirements` for a pipeline's modules."""
+    _check_requirements(pipeline.modules, names, caps)
 
 
 def default_jobs() -> int:
@@ -52,40 +59,6 @@ def new_run_id() -> str:
     return os.environ.get("CIFLOW_RUN_ID") or f"{stamp}-{uuid.uuid4().hex[:8]}"
 
 
-def check_requirements(
-    pipeline: Pipeline, names: list[str] | tuple[str, ...], caps: Capabilities
-) -> None:
-    """Raise `RequirementError` naming every module this machine cannot serve, and why."""
-    problems = unmet(pipeline.modules, names, caps)
-    if problems:
-        raise RequirementError(
-            f"this machine cannot run {'; '.join(problems)}; install what is missing, "
-            "pass --tag, or leave the module out with --skip"
-        )
-
-
-@dataclass
-class RunResult:
-    """The records of a finished run, in dependency order, and how it ended."""
-
-    run_id: str
-    records: list[ModuleRecord]
-    started: float
-    finished: float
-    interrupted: bool = False
-
-    @property
-    def exit_code(self) -> int:
-        """0 all good, 1 a module failed, 2 a result broke its annotation, 130 interrupted."""
-        if self.interrupted:
-            return 130
-        if any(r.definition_error for r in self.records):
-            return 2
-        if any(r.outcome is not None and r.outcome.bad for r in self.records):
-            return 1
-        return 0
-
-
 class _Attempt:
     __slots__ = ("index", "number", "cancellation", "timed_out", "abandoned", "retired", "start")
 
@@ -97,9 +70,6 @@ class _Attempt:
         self.abandoned = False  # the engine gave up waiting; the thread's result is discarded
         self.retired = False  # the thread running it was replaced and must exit afterwards
         self.start = 0.0
-
-
-_SUCCESS, _FAILURE, _CANCELLED, _SKIP = range(4)
 
 
 class Engine:
@@ -171,9 +141,7 @@ class Engine:
         self._blocked: list[tuple[Outcome, str, int] | None] = [None] * count
         self._values: list[Any] = [None] * count
         self._rank = self._ranks()
-        self._constrained = any(
-            m.alone or m.not_in_parallel or m.parallel_limit for m in self._mods
-        )
+        self._constrained = any(m.constraints for m in self._mods)
 
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
@@ -183,10 +151,7 @@ class Engine:
         self._timer_seq = 0
         self._running: dict[int, _Attempt] = {}
         self._remaining = count
-        self._held_keys: set[str] = set()
-        self._limit_use: dict[str, int] = {}
-        self._alone_running = False
-        self._alone_waiting = 0
+        self._holdings = Holdings()
         self._cancelled: str | None = None  # why the run stopped starting modules
         self._hard_cancel = False  # second interrupt: always_run modules are cancelled too
         self._interrupts = 0
@@ -249,33 +214,21 @@ class Engine:
 
     def _queue_or_resolve(self, i: int) -> tuple[int, Outcome, str] | None:
         """All dependencies of ``i`` have ended: queue it, or say how it ends (lock held)."""
-        mod = self._mods[i]
-        if not mod.always_run or self._hard_cancel:
-            blocked = self._blocked[i]
-            if blocked is not None:
-                return (i, blocked[0], blocked[1])
-            if self._cancelled is not None:
-                return (i, Outcome.CANCELLED, self._cancelled)
+        blocked = self._blocked[i]
+        verdict = None if blocked is None else (blocked[0], blocked[1])
+        ends = cannot_run(self._mods[i], verdict, self._cancelled, self._hard_cancel)
+        if ends is not None:
+            return (i, ends[0], ends[1])
         self._queue(i)
         return None
 
     def _queue(self, i: int) -> None:
         if self._mods[i].alone:
-            self._alone_waiting += 1
+            self._holdings.alone_waiting += 1
         heapq.heappush(self._ready, (-self._rank[i], i))
 
     def _can_start(self, i: int) -> bool:
-        mod = self._mods[i]
-        if self._alone_running:
-            return False
-        if mod.alone:
-            return not self._running
-        if self._alone_waiting:
-            return False
-        if mod.not_in_parallel and not self._held_keys.isdisjoint(mod.not_in_parallel):
-            return False
-        lim = mod.parallel_limit
-        return lim is None or self._limit_use.get(lim.name, 0) < lim.count
+        return self._holdings.can_start(self._mods[i].constraints, len(self._running))
 
     def _next_startable(self) -> int | None:
         ready = self._ready
@@ -296,24 +249,16 @@ class Engine:
         return found
 
     def _take(self, i: int, attempt: _Attempt) -> None:
-        mod = self._mods[i]
         self._running[i] = attempt
-        if mod.alone:
-            self._alone_waiting -= 1
-            self._alone_running = True
-        self._held_keys.update(mod.not_in_parallel)
-        if mod.parallel_limit is not None:
-            name = mod.parallel_limit.name
-            self._limit_use[name] = self._limit_use.get(name, 0) + 1
+        constraints = self._mods[i].constraints
+        if constraints:
+            self._holdings.take(constraints)
 
     def _release(self, i: int) -> None:
-        mod = self._mods[i]
         del self._running[i]
-        if mod.alone:
-            self._alone_running = False
-        self._held_keys.difference_update(mod.not_in_parallel)
-        if mod.parallel_limit is not None:
-            self._limit_use[mod.parallel_limit.name] -= 1
+        constraints = self._mods[i].constraints
+        if constraints:
+            self._holdings.release(constraints)
         if self._constrained:
             self._work.notify_all()
 
@@ -374,7 +319,7 @@ class Engine:
             else:
                 drop.append(item[1])
                 if mod.alone:
-                    self._alone_waiting -= 1
+                    self._holdings.alone_waiting -= 1
         heapq.heapify(keep)
         self._ready = keep
         for i in drop:
@@ -423,12 +368,12 @@ class Engine:
                 try:
                     if loop is None and self._mods[i].is_async:
                         loop = asyncio.new_event_loop()
-                    kind, value, detail = self._execute(i, attempt, loop)
+                    outcome = self._execute(i, attempt, loop)
                 finally:
                     lock.acquire()
                 if attempt.abandoned:
                     return  # a replacement thread took this one's place
-                self._complete(i, attempt, kind, value, detail)
+                self._complete(i, attempt, outcome)
         finally:
             lock.release()
             if loop is not None:
@@ -436,65 +381,34 @@ class Engine:
 
     def _execute(
         self, i: int, attempt: _Attempt, loop: asyncio.AbstractEventLoop | None
-    ) -> tuple[int, Any, str | None]:
-        """Run one attempt of module ``i`` (no lock held). Returns (kind, value, detail)."""
+    ) -> AttemptResult:
+        """Run one attempt of module ``i`` (no lock held)."""
         mod = self._mods[i]
-        name = self._names[i]
         rec = self._records[i]
-        binding = self._bindings[i]
-        ctx = None
-        if binding.ctx_param is not None or mod.skip_if is not None:
-            ctx = self._context(i, attempt)
-        if attempt.number == 1 and mod.skip_if is not None:
-            assert ctx is not None
-            try:
-                verdict = mod.skip_if(ctx)
-            except Exception as exc:  # a broken skip condition fails the module
-                return _FAILURE, None, f"skip_if raised {type(exc).__name__}: {exc}"
-            if verdict:
-                description = getattr(mod.skip_if, "description", None)
-                reason = verdict if isinstance(verdict, str) else description
-                return _SKIP, None, f"skip_if: {reason}" if reason else "skip_if returned true"
-        kwargs: dict[str, Any] = {}
-        if binding.ctx_param is not None:
-            kwargs[binding.ctx_param] = ctx
-        for param, dep in binding.dep_params:
-            kwargs[param] = self._dep_value(dep)
-        now = time.time()
-        attempt.start = time.monotonic()
-        if rec.start is None:
-            rec.start = now
-        if mod.timeout is not None:
-            with self._lock:
-                self._add_timer(attempt.start + mod.timeout, "timeout", attempt)
-        self.console.module_started(name, attempt.number)
-        try:
-            if mod.is_async:
-                assert loop is not None
-                value = _run_async(loop, mod.fn(**kwargs), attempt.cancellation)
-            else:
-                value = mod.fn(**kwargs)
-            attempt.cancellation.check()
-            data = binding.result.encode(value, name)
-            if not binding.result.is_none:
-                value = binding.result.decode(data, name)
-            rec.result = data
-            return _SUCCESS, value, None
-        except ModuleCancelled as exc:
-            return _CANCELLED, None, exc.reason
-        except ResultTypeError as exc:
-            return _FAILURE, True, str(exc)
-        except CommandFailed as exc:
-            if attempt.cancellation.cancelled:
-                return _CANCELLED, None, attempt.cancellation.reason
-            return _FAILURE, None, str(exc)
-        except (Exception, SystemExit) as exc:
-            if attempt.cancellation.cancelled:
-                return _CANCELLED, None, attempt.cancellation.reason
-            for line in traceback.format_exception(exc)[1:]:
-                for part in line.rstrip("\n").splitlines():
-                    self.console.output(name, part)
-            return _FAILURE, None, f"{type(exc).__name__}: {exc}"
+
+        def started() -> None:
+            attempt.start = time.monotonic()
+            if rec.start is None:
+                rec.start = time.time()
+            if mod.timeout is not None:
+                with self._lock:
+                    self._add_timer(attempt.start + mod.timeout, "timeout", attempt)
+            self.console.module_started(mod.name, attempt.number)
+
+        result = run_attempt(
+            mod,
+            self._bindings[i],
+            number=attempt.number,
+            context=lambda: self._context(i, attempt),
+            inputs={dep: self._dep_value(dep) for _, dep in self._bindings[i].dep_params},
+            cancellation=attempt.cancellation,
+            output=self.console.output,
+            on_start=started,
+            loop=loop,
+        )
+        if result.ending is Ending.SUCCESS:
+            rec.result = result.data
+        return result
 
     def _context(self, i: int, attempt: _Attempt) -> Context:
         return Context(
@@ -513,45 +427,42 @@ class Engine:
             return self.provided.get(dep_name)
         return self._values[j] if self._records[j].outcome in _HAS_VALUE else None
 
-    def _complete(
-        self, i: int, attempt: _Attempt, kind: int, value: Any, detail: str | None
-    ) -> None:
+    def _complete(self, i: int, attempt: _Attempt, result: AttemptResult) -> None:
         """Turn an attempt's ending into an outcome or a retry (lock held)."""
-        mod = self._mods[i]
         rec = self._records[i]
         self._release(i)
-        if kind == _SKIP:
+        settled = settle(
+            self._mods[i],
+            result,
+            attempt.number,
+            timed_out=attempt.timed_out,
+            run_cancelled=self._cancelled is not None,
+        )
+        if result.ending is Ending.SKIPPED:
             rec.attempts = 0
-            self._finish(i, Outcome.SKIPPED, reason=detail)
+            self._finish(i, Outcome.SKIPPED, reason=settled.error)
             return
         rec.end = time.time()
         rec.duration += time.monotonic() - attempt.start
-        if kind == _SUCCESS:
-            self._values[i] = value
+        if settled.outcome is Outcome.SUCCEEDED:
+            self._values[i] = result.value
             rec.error = None  # an earlier attempt's error is history now
             self._finish(i, Outcome.SUCCEEDED)
             return
-        if kind == _CANCELLED and not attempt.timed_out:
-            self._finish(i, Outcome.CANCELLED, error=detail)
+        if settled.outcome is Outcome.CANCELLED:
+            self._finish(i, Outcome.CANCELLED, error=settled.error)
             return
-        if kind == _CANCELLED:
-            detail = f"timed out after {mod.timeout:g}s"
-            outcome = Outcome.TIMED_OUT
-        else:
-            outcome = Outcome.FAILED
-        rec.definition_error = value is True
-        rec.error = detail
-        if mod.ignore_failure and not rec.definition_error:
-            outcome = Outcome.IGNORED_FAILURE
-        if attempt.number <= mod.retries and self._cancelled is None and not rec.definition_error:
-            delay = min(RETRY_DELAY_CAP, mod.retry_delay * 2 ** (attempt.number - 1))
-            delay *= random.uniform(0.5, 1.5)
-            self.console.module_retry(self._names[i], attempt.number, delay, detail or "")
-            self._add_timer(time.monotonic() + delay, "retry", (i, outcome))
+        rec.definition_error = settled.definition_error
+        rec.error = settled.error
+        if settled.retry_in is not None:
+            self.console.module_retry(
+                self._names[i], attempt.number, settled.retry_in, settled.error or ""
+            )
+            self._add_timer(time.monotonic() + settled.retry_in, "retry", (i, settled.outcome))
             return
-        self._finish(i, outcome, error=detail)
-        if outcome.bad and not self.keep_going:
-            self._cancel_run(f"cancelled after {self._names[i]} {_verb(outcome)}")
+        self._finish(i, settled.outcome, error=settled.error)
+        if settled.outcome.bad and not self.keep_going:
+            self._cancel_run(fail_fast_reason(self._names[i], settled.outcome))
 
     # ------------------------------------------------------------ timekeeping
 
@@ -608,7 +519,7 @@ class Engine:
         self.console.output(self._names[i], note)
         reason = attempt.cancellation.reason or "cancelled"
         detail = f"{reason}; {note}"
-        self._complete(i, attempt, _CANCELLED, None, detail)
+        self._complete(i, attempt, AttemptResult(Ending.CANCELLED, detail=detail))
         self._spawn_worker()
 
     def _on_interrupt(self, count: int) -> None:
@@ -624,20 +535,3 @@ class Engine:
 
 
 _HAS_VALUE = frozenset({Outcome.SUCCEEDED, Outcome.CACHED})
-
-
-def _verb(outcome: Outcome) -> str:
-    return "timed out" if outcome is Outcome.TIMED_OUT else "failed"
-
-
-def _run_async(loop: asyncio.AbstractEventLoop, coro: Any, cancellation: Cancellation) -> Any:
-    task = loop.create_task(coro)
-
-    def cancel() -> None:
-        loop.call_soon_threadsafe(task.cancel)
-
-    cancellation.on_cancel(cancel)
-    try:
-        return loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        raise ModuleCancelled(cancellation.reason or "cancelled") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["DEPENDENCY_EFFECT", "ModuleRecord", "Outcome", "dependency_verdict"]
+__all__ = ["ModuleRecord", "Outcome", "RunResult"]
 
 
 class Outcome(enum.StrEnum):
@@ -35,30 +35,6 @@ _OK = frozenset({Outcome.SUCCEEDED, Outcome.CACHED, Outcome.IGNORED_FAILURE})
 _BAD = frozenset({Outcome.FAILED, Outcome.TIMED_OUT, Outcome.DEPENDENCY_FAILED, Outcome.CANCELLED})
 
 
-# How a required dependency's outcome decides a dependent that never ran:
-# (the dependent's outcome, the words for the reason, severity: the worst one wins).
-DEPENDENCY_EFFECT: dict[Outcome, tuple[Outcome, str, int]] = {
-    Outcome.SKIPPED: (Outcome.SKIPPED, "was skipped", 0),
-    Outcome.CANCELLED: (Outcome.CANCELLED, "was cancelled", 1),
-    Outcome.FAILED: (Outcome.DEPENDENCY_FAILED, "failed", 2),
-    Outcome.TIMED_OUT: (Outcome.DEPENDENCY_FAILED, "timed out", 2),
-    Outcome.DEPENDENCY_FAILED: (Outcome.DEPENDENCY_FAILED, "did not run (dependency failed)", 2),
-}
-
-
-def dependency_verdict(outcomes: dict[str, Outcome]) -> tuple[Outcome, str] | None:
-    """How a module ends without running, given its required dependencies' outcomes.
-
-    None when every dependency counts as success. Used by the engine and the workers alike.
-    """
-    worst: tuple[Outcome, str, int] | None = None
-    for name, outcome in outcomes.items():
-        effect = DEPENDENCY_EFFECT.get(outcome)
-        if effect is not None and (worst is None or worst[2] < effect[2]):
-            worst = (effect[0], f"dependency {name} {effect[1]}", effect[2])
-    return None if worst is None else (worst[0], worst[1])
-
-
 @dataclass(slots=True)
 class ModuleRecord:
     """What happened to one module: outcome, attempts, wall-clock start/end, error or reason."""
@@ -75,3 +51,25 @@ class ModuleRecord:
     worker: str | None = None
     slot: int | None = None
     definition_error: bool = False  # the failure is a bug in the pipeline file (exit 2)
+
+
+@dataclass
+class RunResult:
+    """The records of a finished run, in dependency order, and how it ended."""
+
+    run_id: str
+    records: list[ModuleRecord]
+    started: float
+    finished: float
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 all good, 1 a module failed, 2 a result broke its annotation, 130 interrupted."""
+        if self.interrupted:
+            return 130
+        if any(r.definition_error for r in self.records):
+            return 2
+        if any(r.outcome is not None and r.outcome.bad for r in self.records):
+            return 1
+        return 0

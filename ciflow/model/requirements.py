@@ -16,7 +16,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Capabilities", "Requires", "normalize_arch", "normalize_os", "unmet"]
+from ..errors import RequirementError
+
+__all__ = [
+    "Capabilities",
+    "Requires",
+    "check_requirements",
+    "normalize_arch",
+    "normalize_os",
+    "unmet",
+]
 
 _OS_ALIASES = {
     "linux": "linux",
@@ -171,3 +180,15 @@ def unmet(
         if missing:
             problems.append(f"{name!r} needs {', '.join(missing)}")
     return problems
+
+
+def check_requirements(
+    modules: Mapping[str, _HasRequires], names: Iterable[str], caps: Capabilities
+) -> None:
+    """Raise `RequirementError` naming every module this machine cannot serve, and why."""
+    problems = unmet(modules, names, caps)
+    if problems:
+        raise RequirementError(
+            f"this machine cannot run {'; '.join(problems)}; install what is missing, "
+            "pass --tag, or leave the module out with --skip"
+        )
