@@ -11,7 +11,13 @@ ciflow knows with a clear error instead of misreading it.
 |                            | `Claim`          | ``claims/<module>/<attempt>``        |
 |                            | `StealRequest`   | ``requests/<module>/<worker>``       |
 | ModuleResultResponse       | result blob      | ``results/<module>`` (see blob.py)   |
+|                            | `Marker`         | ``results/<module>@unsuccessful``    |
 | CancellationMessage        | `CancelRecord`   | ``cancel``                           |
+|                            | `Lease`          | ``leases/<resource>/<place>``        |
+|                            | `Quiet`          | ``quiet/<module>/<attempt>/<worker>``|
+|                            | `Done`           | ``done/<worker>``                    |
+
+The keys are built and parsed in keys.py only.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ __all__ = [
     "Done",
     "Heartbeat",
     "Lease",
+    "Marker",
+    "Quiet",
     "Registration",
     "StealRequest",
     "decode",
@@ -88,6 +96,8 @@ class Claim(_Message):
     at: float
     takeover_from: str | None = None
     granted_by: str | None = None
+    #: how many workers died while they held this module (attempts lost to executor deaths)
+    deaths: int = 0
 
 
 class StealRequest(_Message):
@@ -109,6 +119,25 @@ class Lease(_Message):
     attempt: int
     worker: str
     at: float
+
+
+class Quiet(_Message):
+    """Worker ``worker`` runs nothing while ``module`` (not_in_parallel=True) runs alone."""
+
+    kind: Literal["quiet"] = "quiet"
+    worker: str
+    module: str
+    attempt: int
+    at: float
+
+
+class Marker(_Message):
+    """Some attempt of ``module`` ended without success (written before its result)."""
+
+    kind: Literal["marker"] = "marker"
+    module: str
+    attempt: int
+    outcome: str
 
 
 class CancelRecord(_Message):
