@@ -70,8 +70,8 @@ BACKENDS: dict[str, Backend] = {
     b.scheme: b
     for b in (
         Backend("file", ".file:FileStore", _FILE, "file:///shared/ciflow"),
-        Backend("github", ".github:GitHubArtifactStore", _GITHUB, "github://"),
-        Backend("github-cache", ".github_cache:GitHubCacheStore", _GITHUB_CACHE, "github-cache://"),
+        Backend("github", ".github.artifacts:GitHubArtifactStore", _GITHUB, "github://"),
+        Backend("github-cache", ".github.cache:GitHubCacheStore", _GITHUB_CACHE, "github-cache://"),
     )
 }
 
