@@ -132,6 +132,25 @@ class StoreContract:
         assert store.get(key) == b"v"
         assert store.list("cache/") == [key]
 
+    # -- exists -----------------------------------------------------------------------------
+
+    def test_exists(self, store: Store) -> None:
+        assert store.exists("e/key") is False
+        assert store.create("e/key", b"") is True  # an empty value exists too
+        assert store.exists("e/key") is True
+        assert self.other_client(store).exists("e/key") is True
+        for near in ("e", "e/ke", "e/key2", "e/key/deeper"):
+            assert store.exists(near) is False, near
+        store.delete("e/key")
+        assert store.exists("e/key") is False
+        assert store.create("e/key", b"again") and store.exists("e/key") is True
+
+    def test_exists_counted(self, store: Store) -> None:
+        store.create("c/k", b"v")
+        total = store.stats.total
+        store.exists("c/k")
+        assert store.stats.total > total
+
     # -- list -------------------------------------------------------------------------------
 
     def test_list_by_prefix(self, store: Store) -> None:
@@ -204,6 +223,7 @@ class StoreContract:
             lambda: store.create(key, b"x"),
             lambda: store.get(key),
             lambda: store.delete(key),
+            lambda: store.exists(key),
             lambda: store.create_from_file(key, src),
             lambda: store.get_to_file(key, tmp_path / "dst"),
         ]

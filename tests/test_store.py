@@ -312,6 +312,7 @@ def test_stats_count_each_operation(store: FileStore, tmp_path: Path) -> None:
     store.delete("a")
     store.create_from_file("b", src)
     store.get_to_file("b", tmp_path / "dst")
+    assert store.exists("b") and not store.exists("a")
     assert store.stats.counts == {
         "create": 2,
         "get": 1,
@@ -319,7 +320,13 @@ def test_stats_count_each_operation(store: FileStore, tmp_path: Path) -> None:
         "delete": 1,
         "create_from_file": 1,
         "get_to_file": 1,
+        "exists": 2,  # a stat each, no listing
     }
+
+
+def test_a_folder_of_keys_does_not_exist_as_a_key(store: FileStore) -> None:
+    store.create("a/b/c", b"1")
+    assert not store.exists("a/b") and store.exists("a/b/c")
 
 
 # -- errors ---------------------------------------------------------------------------------

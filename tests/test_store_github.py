@@ -866,6 +866,30 @@ def test_api_calls_per_operation(emu: GitHubEmulator, clients: Clients, tmp_path
     assert counts["create"] == 4 and counts["create_from_file"] == 1 and counts["get"] == 2
 
 
+def test_exists_answers_from_a_recent_listing(emu: GitHubEmulator, clients: Clients) -> None:
+    store, other = clients.open(), clients.open()
+    store.poll = 60.0
+    assert store.create("k", b"v")  # its read-back is a listing
+    emu.reset_calls()
+    assert store.exists("k") and not store.exists("absent")
+    assert emu.calls == {}  # within the poll interval of that listing: no call
+    assert other.create("late", b"v")
+    assert store.exists("late") is False  # another job's key: not listed yet
+    store.poll = 0.0
+    emu.reset_calls()
+    assert store.exists("late") is True
+    assert emu.calls == {"ListArtifacts": 1}
+    store.poll = 60.0
+    assert store.create("mine", b"v", sole=True)  # no read-back, yet seen at once
+    emu.reset_calls()
+    assert store.exists("mine")
+    store.delete("mine")
+    store.delete("late")  # another job's: listed first
+    assert not store.exists("mine") and not store.exists("late") and store.exists("k")
+    assert emu.calls == {"DeleteArtifact": 2, "ListArtifacts": 1}
+    assert store.stats.counts["exists"] == 8
+
+
 def test_wait_lists_once_per_poll_interval(emu: GitHubEmulator, clients: Clients) -> None:
     store = clients.open()
     store.poll = 0.3

@@ -178,6 +178,7 @@ def test_invalid_keys(open_cache: Opened, key: str, tmp_path: Path) -> None:
         lambda: store.create(key, b"x"),
         lambda: store.get(key),
         lambda: store.delete(key),
+        lambda: store.exists(key),
         lambda: store.create_from_file(key, src),
         lambda: store.get_to_file(key, tmp_path / "dst"),
     ):
@@ -308,3 +309,12 @@ def test_api_calls(emu: GitHubEmulator, open_cache: Opened) -> None:
     assert calls(lambda: store.get("k")) == {"GetCacheEntryDownloadURL": 1, "GetBlob": 1}
     assert calls(lambda: store.get("absent")) == {"GetCacheEntryDownloadURL": 1}
     assert store.stats.counts["blob-upload"] == 1 and store.stats.counts["get"] == 2
+
+
+def test_exists_asks_for_the_download_url_only(emu: GitHubEmulator, open_cache: Opened) -> None:
+    store = open_cache()
+    assert store.create("k", b"v")
+    emu.reset_calls()
+    assert store.exists("k") is True and store.exists("absent") is False
+    assert {**emu.calls, **emu.blob_calls} == {"GetCacheEntryDownloadURL": 2}
+    assert store.stats.counts["exists"] == 2

@@ -8,6 +8,14 @@ Keys are ``/``-separated paths of safe characters (letters, digits, ``._-=@+``),
 ``runs/<run-id>/claims/<module>/1``. Backends with naming rules encode them reversibly. A key
 is never also the folder of other keys (``a/b`` and ``a/b/c`` cannot both exist): the file store
 maps keys to paths, and raises `StoreError` on such a clash.
+
+A backend implements `Store.create`, `Store.get`, `Store.list` and `Store.delete`; it may
+override the rest where it can do better: `Store.exists` (default ``key in list(key)``; the file
+store stats one file, ``github://`` answers from a listing at most `Store.poll` old),
+`Store.create_from_file` and `Store.get_to_file` (stream large values), `Store.wait` (wake at
+once on a new key where the backend can push, as its profile's ``pushes`` says) and
+`Store.close`. The scheme registry, which maps URLs to backends and their `StoreProfile`, is
+`ciflow.stores.registry`.
 """
 
 from __future__ import annotations
@@ -104,6 +112,15 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key`` if present (absent is fine)."""
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` has a value; backends override this with something cheaper.
+
+        As fresh as the backend's `list` (``github://`` answers from a listing at most `poll`
+        old): a key another client just created or deleted may not show yet.
+        """
+        check_key(key)
+        return key in self.list(key)
 
     def create_from_file(self, key: str, path: Path, *, sole: bool = False) -> bool:
         """Like `create`, from a file; backends override this to stream large blobs."""
