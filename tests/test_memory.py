@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store_contract import StoreContract
+from store_contract import EVERY_OPERATION, StoreContract, every_operation
 
 from ciflow.errors import UsageError
 from ciflow.stores import Store, StoreError, open_store, profile_for
@@ -94,26 +94,8 @@ def test_a_key_cannot_also_be_a_folder(store: MemoryStore) -> None:
 
 
 def test_stats_count_each_operation(store: MemoryStore, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.write_bytes(b"x")
-    store.create("a", b"1")
-    store.create("a", b"2")
-    store.get("a")
-    store.list("")
-    store.exists("a")
-    store.delete("a")
-    store.create_from_file("b", src)
-    store.get_to_file("b", tmp_path / "dst")
-    assert (tmp_path / "dst").read_bytes() == b"x"
-    assert store.stats.counts == {
-        "create": 2,
-        "get": 1,
-        "list": 1,
-        "exists": 1,
-        "delete": 1,
-        "create_from_file": 1,
-        "get_to_file": 1,
-    }
+    every_operation(store, tmp_path)
+    assert store.stats.counts == EVERY_OPERATION
 
 
 def test_missing_source_is_a_store_error(store: MemoryStore, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ All stores opened in one process with the same ``NAME`` share one dict of values
 so a test can open a store twice and see two clients of one store; another ``NAME`` is another
 store. Nothing outlives the process. It keeps the whole protocol (see `ciflow.stores.base`):
 create-if-absent is atomic across threads, a key cannot also be a folder of other keys (as in the
-file store), `MemoryStore.wait` wakes at once when a key appears (its profile ``pushes``), and
+file store), its `Store.wait` wakes at once when a key appears (its profile ``pushes``), and
 ``stats`` counts each operation like the file store does (a `wait` counts one ``list`` per look).
 """
 
@@ -141,18 +141,10 @@ class MemoryStore(Store):
             space.folders.subtract(_folders(key))
             space.folders += Counter()  # drop the folders left empty
 
-    def wait(
-        self,
-        prefix: str,
-        known: Collection[str] = (),
-        timeout: float = 1.0,
-        poll: float | None = None,
+    def _wait(
+        self, prefix: str, known: Collection[str], deadline: float, poll: float
     ) -> builtins.list[str]:
-        """Block until a key under ``prefix`` not in ``known`` exists or ``timeout`` passes.
-
-        Wakes at once when a key is created (``poll`` is not needed and ignored).
-        """
-        deadline = time.monotonic() + timeout
+        """`Store.wait`: wakes at once when a key is created (``poll`` is not needed)."""
         known = set(known)
         with self._space.changed:
             while True:

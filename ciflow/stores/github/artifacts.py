@@ -356,20 +356,14 @@ class GitHubArtifactStore(DownloadingStore):
         self.stats.add("list")
         return self._keys(self._entries(), prefix)
 
-    def wait(
-        self,
-        prefix: str,
-        known: Collection[str] = (),
-        timeout: float = 1.0,
-        poll: float | None = None,
+    def _wait(
+        self, prefix: str, known: Collection[str], deadline: float, poll: float
     ) -> builtins.list[str]:
-        """Like `Store.wait`, listing at most once per ``poll`` (default `poll`).
+        """`Store.wait`, listing at most once per ``poll``.
 
         A listing this store made meanwhile for another reason (a create's read-back, a get)
         counts as that poll, and wakes the waiter at once.
         """
-        interval = self.poll if poll is None else poll
-        deadline = time.monotonic() + timeout
         while True:
             with self._fresh_changed:
                 stamp, entries = self._fresh
@@ -378,11 +372,11 @@ class GitHubArtifactStore(DownloadingStore):
                 if stamp > self._polled:  # a listing nobody waiting has looked at yet
                     self._polled = stamp
                     fresh = entries
-                elif now - stamp < interval:  # too early for a poll
+                elif now - stamp < poll:  # too early for a poll
                     remaining = deadline - now
                     if remaining <= 0:
                         return self._keys(entries, prefix)
-                    self._fresh_changed.wait(min(stamp + interval - now, remaining))
+                    self._fresh_changed.wait(min(stamp + poll - now, remaining))
                     continue
             if fresh is None:
                 self.stats.add("list")
