@@ -120,7 +120,7 @@ def breakdown(
     log: list[tuple[str, str, str | None]], prefix: str
 ) -> dict[tuple[str, str, str], int]:
     """Calls by (job kind, record kind, method); list calls without a name are polls."""
-    from ciflow.stores.github import key_from_name
+    from ciflow.stores.github.naming import key_from_name
 
     out: dict[tuple[str, str, str], int] = {}
     for method, job, name in log:
@@ -173,7 +173,7 @@ def main() -> None:
         file_wall, file_codes, _ = run_flow(file, args.workers, f"file://{tmp}/store", {}, {}, [])
     scratch.cleanup()
 
-    from ciflow.stores.github import name_prefix
+    from ciflow.stores.github.naming import name_prefix
 
     calls = breakdown(log, name_prefix())
     total_twirp = sum(twirp.values())

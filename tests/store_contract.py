@@ -31,7 +31,7 @@ import pytest
 from ciflow.errors import UsageError
 from ciflow.stores import Store
 
-__all__ = ["INVALID_KEYS", "StoreContract", "write_blob"]
+__all__ = ["EVERY_OPERATION", "INVALID_KEYS", "StoreContract", "every_operation", "write_blob"]
 
 MiB = 1 << 20
 
@@ -68,6 +68,29 @@ def write_blob(path: Path, size: int, seed: int = 0) -> str:
             fh.write(chunk)
             left -= len(chunk)
     return digest.hexdigest()
+
+
+#: the operation counts `every_operation` gives a store that counts each call once
+EVERY_OPERATION = {
+    "create": 2,
+    "get": 1,
+    "list": 1,
+    "exists": 2,
+    "delete": 1,
+    "create_from_file": 1,
+    "get_to_file": 1,
+}
+
+
+def every_operation(store: Store, tmp_path: Path) -> None:
+    """Call each store operation (counts in `EVERY_OPERATION`), checking what it answers."""
+    src = tmp_path / "src"
+    src.write_bytes(b"x")
+    assert store.create("a", b"1") and not store.create("a", b"2")
+    assert store.get("a") == b"1" and store.list("") == ["a"] and store.exists("a")
+    store.delete("a")
+    assert store.create_from_file("b", src) and store.get_to_file("b", tmp_path / "dst")
+    assert (tmp_path / "dst").read_bytes() == b"x" and not store.exists("a")
 
 
 def file_sha256(path: Path) -> str:
@@ -131,6 +154,25 @@ class StoreContract:
         assert store.create(key, b"v")
         assert store.get(key) == b"v"
         assert store.list("cache/") == [key]
+
+    # -- exists -----------------------------------------------------------------------------
+
+    def test_exists(self, store: Store) -> None:
+        assert store.exists("e/key") is False
+        assert store.create("e/key", b"") is True  # an empty value exists too
+        assert store.exists("e/key") is True
+        assert self.other_client(store).exists("e/key") is True
+        for near in ("e", "e/ke", "e/key2", "e/key/deeper"):
+            assert store.exists(near) is False, near
+        store.delete("e/key")
+        assert store.exists("e/key") is False
+        assert store.create("e/key", b"again") and store.exists("e/key") is True
+
+    def test_exists_counted(self, store: Store) -> None:
+        store.create("c/k", b"v")
+        total = store.stats.total
+        store.exists("c/k")
+        assert store.stats.total > total
 
     # -- list -------------------------------------------------------------------------------
 
@@ -204,6 +246,7 @@ class StoreContract:
             lambda: store.create(key, b"x"),
             lambda: store.get(key),
             lambda: store.delete(key),
+            lambda: store.exists(key),
             lambda: store.create_from_file(key, src),
             lambda: store.get_to_file(key, tmp_path / "dst"),
         ]

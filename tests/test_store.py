@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from store_contract import StoreContract
+from store_contract import EVERY_OPERATION, StoreContract, every_operation
 
 from ciflow.stores import Store, StoreError, StoreUnavailable, open_store
 from ciflow.stores.file import LOCK_DIR, FileStore
@@ -303,23 +303,13 @@ def test_list_does_not_leave_the_root(tmp_path: Path) -> None:
 
 
 def test_stats_count_each_operation(store: FileStore, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.write_bytes(b"x")
-    store.create("a", b"1")
-    store.create("a", b"2")
-    store.get("a")
-    store.list("")
-    store.delete("a")
-    store.create_from_file("b", src)
-    store.get_to_file("b", tmp_path / "dst")
-    assert store.stats.counts == {
-        "create": 2,
-        "get": 1,
-        "list": 1,
-        "delete": 1,
-        "create_from_file": 1,
-        "get_to_file": 1,
-    }
+    every_operation(store, tmp_path)
+    assert store.stats.counts == EVERY_OPERATION  # exists: a stat each, no listing
+
+
+def test_a_folder_of_keys_does_not_exist_as_a_key(store: FileStore) -> None:
+    store.create("a/b/c", b"1")
+    assert not store.exists("a/b") and store.exists("a/b/c")
 
 
 # -- errors ---------------------------------------------------------------------------------

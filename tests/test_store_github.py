@@ -28,20 +28,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from store_contract import StoreContract
 
-import ciflow.stores.github as github_module
+import ciflow.stores.github.artifacts as artifacts_module
 from ciflow.errors import UsageError
 from ciflow.stores import Store, StoreError, StoreUnavailable, open_store
-from ciflow.stores.github import (
-    BACKOFF_CAP,
-    NAME_MAX,
-    GitHubArtifactStore,
-    TwirpAuthError,
-    artifact_name,
-    key_from_name,
-    retry_after_seconds,
-    unzip_first,
-    zip_frame,
-)
+from ciflow.stores.github.artifacts import GitHubArtifactStore
+from ciflow.stores.github.blobs import CorruptDownload
+from ciflow.stores.github.naming import NAME_MAX, artifact_name, key_from_name
+from ciflow.stores.github.twirp import TwirpAuthError
+from ciflow.stores.github.zipframe import unzip_first, zip_frame
+from ciflow.stores.transport import BACKOFF_CAP, retry_after_seconds
 from ciflow.testing.emulator import ARTIFACT_SERVICE, Faults, GitHubEmulator
 from ciflow.testing.emulator import TwirpError as EmuTwirpError
 
@@ -250,7 +245,7 @@ def test_two_jobs_race_many_keys(clients: Clients) -> None:
         results = race([a, b], key)
         assert results.count(True) == 1, results
         assert a.get(key) == f"v{results.index(True)}".encode()
-    assert not github_module._NAME_LOCKS  # the per-name locks are released
+    assert not artifacts_module._NAME_LOCKS  # the per-name locks are released
 
 
 @pytest.mark.parametrize("racers", [2, 8])
@@ -393,10 +388,10 @@ def test_open_store_routes_github(emu: GitHubEmulator, monkeypatch: pytest.Monke
 
 def test_user_artifacts_are_ignored(emu: GitHubEmulator, clients: Clients) -> None:
     store = clients.open()
-    resp, _ = store.http.rpc("CreateArtifact", {**store._ids(), "name": "coverage", "version": 4})
+    resp, _ = store.twirp.rpc("CreateArtifact", {**store._ids(), "name": "coverage", "version": 4})
     url = resp["signed_upload_url"]
-    store.http.put(url, b"x", {"x-ms-blob-type": "BlockBlob"}, "upload")
-    store.http.rpc("FinalizeArtifact", {**store._ids(), "name": "coverage", "size": "1"})
+    store.blobs.put(url, b"x", {"x-ms-blob-type": "BlockBlob"}, "upload")
+    store.twirp.rpc("FinalizeArtifact", {**store._ids(), "name": "coverage", "size": "1"})
     store.create("a", b"1")
     assert store.list("") == ["a"]
 
@@ -408,7 +403,7 @@ def test_value_is_a_zip_with_member_data(clients: Clients) -> None:
     store = clients.open()
     store.create("runs/1/Result", b"payload")
     entry = store._entries(artifact_name("runs/1/Result"))[0]
-    resp, _ = store.http.rpc("GetSignedArtifactURL", {**store._ids(), "name": entry.name})
+    resp, _ = store.twirp.rpc("GetSignedArtifactURL", {**store._ids(), "name": entry.name})
     blob = requests.get(resp["signed_url"], timeout=10).content
     with zipfile.ZipFile(io.BytesIO(blob)) as zf:
         assert zf.namelist() == ["data"]
@@ -452,8 +447,6 @@ def test_streaming_reader_reads_deflated_zip_with_data_descriptor() -> None:
 
 def test_streaming_reader_rejects_truncation_and_garbage() -> None:
     head, tail = zip_frame(3, zlib.crc32(b"abc"))
-    from ciflow.stores.github import CorruptDownload
-
     with pytest.raises(CorruptDownload):
         unzip_first(iter([head + b"ab"]), io.BytesIO().write, "t")
     with pytest.raises(CorruptDownload, match="checksum"):
@@ -568,7 +561,7 @@ def test_lost_create_answer_is_recovered(emu: GitHubEmulator, clients: Clients) 
 
 def test_pending_create_of_another_job_means_taken(clients: Clients) -> None:
     a, b = clients.open(), clients.open()
-    a.http.rpc("CreateArtifact", {**a._ids(), "name": artifact_name("k"), "version": 4})
+    a.twirp.rpc("CreateArtifact", {**a._ids(), "name": artifact_name("k"), "version": 4})
     assert b.create("k", b"b") is False
     assert b.stats.counts.get("DeleteArtifact", 0) == 0
 
@@ -640,7 +633,7 @@ class FlakyAdapter(requests.adapters.HTTPAdapter):
 def test_bodies_that_are_not_json_are_retried(clients: Clients, status: int) -> None:
     sleeps = Sleeps()
     store = clients.open(sleep=sleeps)
-    store.http.session.mount("http://", FlakyAdapter(2, status))
+    store.transport.session.mount("http://", FlakyAdapter(2, status))
     assert store.create("a", b"1") is True
     assert store.get("a") == b"1"
     assert len(sleeps.delays) == 2
@@ -650,9 +643,9 @@ def test_forbidden_with_retry_after_is_a_rate_limit(clients: Clients) -> None:
     sleeps = Sleeps()
     store = clients.open(sleep=sleeps)
     body = json.dumps({"code": "permission_denied", "msg": "secondary rate limit"}).encode()
-    store.http.session.mount("http://", FlakyAdapter(1, 403, body, **{"Retry-After": "3"}))
+    store.transport.session.mount("http://", FlakyAdapter(1, 403, body, **{"Retry-After": "3"}))
     assert store.list("") == [] and sleeps.delays == [3.0]
-    store.http.session.mount("http://", FlakyAdapter(1, 403, body))
+    store.transport.session.mount("http://", FlakyAdapter(1, 403, body))
     with pytest.raises(TwirpAuthError, match="HTTP 403 .permission_denied: secondary rate limit"):
         store.list("")
 
@@ -871,6 +864,30 @@ def test_api_calls_per_operation(emu: GitHubEmulator, clients: Clients, tmp_path
     counts = store.stats.counts
     assert counts["blob-upload"] == 2 + 4 and counts["blob-download"] == 1
     assert counts["create"] == 4 and counts["create_from_file"] == 1 and counts["get"] == 2
+
+
+def test_exists_answers_from_a_recent_listing(emu: GitHubEmulator, clients: Clients) -> None:
+    store, other = clients.open(), clients.open()
+    store.poll = 60.0
+    assert store.create("k", b"v")  # its read-back is a listing
+    emu.reset_calls()
+    assert store.exists("k") and not store.exists("absent")
+    assert emu.calls == {}  # within the poll interval of that listing: no call
+    assert other.create("late", b"v")
+    assert store.exists("late") is False  # another job's key: not listed yet
+    store.poll = 0.0
+    emu.reset_calls()
+    assert store.exists("late") is True
+    assert emu.calls == {"ListArtifacts": 1}
+    store.poll = 60.0
+    assert store.create("mine", b"v", sole=True)  # no read-back, yet seen at once
+    emu.reset_calls()
+    assert store.exists("mine")
+    store.delete("mine")
+    store.delete("late")  # another job's: listed first
+    assert not store.exists("mine") and not store.exists("late") and store.exists("k")
+    assert emu.calls == {"DeleteArtifact": 2, "ListArtifacts": 1}
+    assert store.stats.counts["exists"] == 8
 
 
 def test_wait_lists_once_per_poll_interval(emu: GitHubEmulator, clients: Clients) -> None:

@@ -17,7 +17,7 @@ from store_contract import INVALID_KEYS, file_sha256, write_blob
 import ciflow.testing.emulator as emulator_module
 from ciflow.errors import UsageError
 from ciflow.stores import StoreError, StoreUnavailable, open_store
-from ciflow.stores.github_cache import CACHE_VERSION, KEY_MAX, GitHubCacheStore
+from ciflow.stores.github.cache import CACHE_VERSION, KEY_MAX, GitHubCacheStore
 from ciflow.testing.emulator import CACHE_SERVICE, Faults, GitHubEmulator
 from ciflow.testing.emulator import TwirpError as EmuTwirpError
 
@@ -98,9 +98,9 @@ def test_exact_match_only(emu: GitHubEmulator, open_cache: Opened) -> None:
     assert store.create("a/b", b"b") and store.get("a/b") == b"b" and store.get("a/bc") == b"bc"
     # an entry some other tool saved whose key starts with ours: the service prefix-matches it
     foreign = store.cache_key("x/y") + "extra"
-    resp, _ = store.http.rpc("CreateCacheEntry", {"key": foreign, "version": CACHE_VERSION})
-    store.http.put(resp["signed_upload_url"], b"no", {"x-ms-blob-type": "BlockBlob"}, "put")
-    store.http.rpc(
+    resp, _ = store.twirp.rpc("CreateCacheEntry", {"key": foreign, "version": CACHE_VERSION})
+    store.blobs.put(resp["signed_upload_url"], b"no", {"x-ms-blob-type": "BlockBlob"}, "put")
+    store.twirp.rpc(
         "FinalizeCacheEntryUpload", {"key": foreign, "version": CACHE_VERSION, "size_bytes": "2"}
     )
     emu.reset_calls()
@@ -113,9 +113,11 @@ def test_other_versions_and_namespaces_are_separate(
 ) -> None:
     store = open_cache()
     key = store.cache_key("k")
-    resp, _ = store.http.rpc("CreateCacheEntry", {"key": key, "version": "0" * 64})
-    store.http.put(resp["signed_upload_url"], b"tar", {"x-ms-blob-type": "BlockBlob"}, "put")
-    store.http.rpc("FinalizeCacheEntryUpload", {"key": key, "version": "0" * 64, "size_bytes": "3"})
+    resp, _ = store.twirp.rpc("CreateCacheEntry", {"key": key, "version": "0" * 64})
+    store.blobs.put(resp["signed_upload_url"], b"tar", {"x-ms-blob-type": "BlockBlob"}, "put")
+    store.twirp.rpc(
+        "FinalizeCacheEntryUpload", {"key": key, "version": "0" * 64, "size_bytes": "3"}
+    )
     assert store.get("k") is None
     assert store.create("k", b"mine") and store.get("k") == b"mine"
     other = GitHubCacheStore("github-cache://", env=emu.env("run", "job"))
@@ -176,6 +178,7 @@ def test_invalid_keys(open_cache: Opened, key: str, tmp_path: Path) -> None:
         lambda: store.create(key, b"x"),
         lambda: store.get(key),
         lambda: store.delete(key),
+        lambda: store.exists(key),
         lambda: store.create_from_file(key, src),
         lambda: store.get_to_file(key, tmp_path / "dst"),
     ):
@@ -271,7 +274,7 @@ def test_retry_after_and_permanent_errors(emu: GitHubEmulator, open_cache: Opene
     assert store.create("k", b"v") is True
     assert delays == [9.0]
     with pytest.raises(StoreError) as info:  # a key only another client could send
-        store.http.rpc("CreateCacheEntry", {"key": "a,b", "version": CACHE_VERSION})
+        store.twirp.rpc("CreateCacheEntry", {"key": "a,b", "version": CACHE_VERSION})
     assert str(info.value) == (
         "github-cache store: CreateCacheEntry failed with HTTP 400 "
         "(invalid_argument: key must be at most 512 characters, no commas)"
@@ -306,3 +309,12 @@ def test_api_calls(emu: GitHubEmulator, open_cache: Opened) -> None:
     assert calls(lambda: store.get("k")) == {"GetCacheEntryDownloadURL": 1, "GetBlob": 1}
     assert calls(lambda: store.get("absent")) == {"GetCacheEntryDownloadURL": 1}
     assert store.stats.counts["blob-upload"] == 1 and store.stats.counts["get"] == 2
+
+
+def test_exists_asks_for_the_download_url_only(emu: GitHubEmulator, open_cache: Opened) -> None:
+    store = open_cache()
+    assert store.create("k", b"v")
+    emu.reset_calls()
+    assert store.exists("k") is True and store.exists("absent") is False
+    assert {**emu.calls, **emu.blob_calls} == {"GetCacheEntryDownloadURL": 2}
+    assert store.stats.counts["exists"] == 2

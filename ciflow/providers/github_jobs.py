@@ -8,24 +8,70 @@ the reusable action sets from ``job.check_run_id``).
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..stores.base import StoreError
+
+if TYPE_CHECKING:
+    import requests
+
+    from ..stores.transport import Transport
 
 __all__ = ["GitHubJobs", "job_of"]
 
 ATTEMPTS = 3
 MAX_RETRY_AFTER = 60  # seconds; a longer rate-limit pause fails this look (the next one retries)
+BACKOFF_CAP = 8.0
 TIMEOUT = (10.0, 30.0)
+LABEL = "GitHub jobs API"
 
 
 def job_of(worker: str) -> str | None:
     """The CI job id a worker id carries (``...-j<id>``, see `registry.new_worker_id`), or None."""
     _, sep, tail = worker.rpartition("-j")
     return tail if sep and tail.isdigit() else None
+
+
+def _message(resp: requests.Response) -> str:
+    """The ``message`` of a GitHub API error body (or the start of the body)."""
+    try:
+        return str(resp.json().get("message", ""))
+    except (ValueError, AttributeError):
+        return resp.text[:200]
+
+
+def _detail(resp: requests.Response) -> str:
+    return f": {_message(resp)}"
+
+
+def _fail_fast(resp: requests.Response) -> None:
+    """The primary rate limit is spent: no retry within this look helps."""
+    if resp.status_code != 200 and resp.headers.get("x-ratelimit-remaining") == "0":
+        why = f"HTTP {resp.status_code}{_detail(resp)}"
+        raise StoreError(f"{LABEL}: rate limit reached ({why})")
+
+
+def _read(resp: requests.Response) -> dict[str, Any]:
+    """A page of jobs; a clear `StoreError` for answers no retry mends."""
+    if resp.status_code != 200:
+        hint = (
+            "GITHUB_TOKEN is not accepted"
+            if resp.status_code == 401
+            else "give the workflow's token `actions: read` to watch jobs"
+        )
+        why = f"HTTP {resp.status_code}{_detail(resp)}"
+        raise StoreError(f"{LABEL}: {why}; {hint} (ciflow uses heartbeats otherwise)")
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        from ..stores.transport import Retry
+
+        raise Retry("the answer is not a JSON object")
+    return data
 
 
 class GitHubJobs:
@@ -41,20 +87,35 @@ class GitHubJobs:
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        import requests
+        from ..stores.transport import Transport
 
         self.url = f"{api_url.rstrip('/')}/repos/{repository}/actions/runs/{run_id}"
         self.url += f"/attempts/{attempt}/jobs"
-        self.session = requests.Session()
-        self.session.headers.update(
+        self.calls = 0
+        self.transport: Transport = Transport(
+            LABEL, sleep=sleep, max_attempts=ATTEMPTS, backoff_cap=BACKOFF_CAP,
+            retry_after_max=MAX_RETRY_AFTER, count=self._count,
+        )  # fmt: skip
+        self.transport.session.headers.update(
             {
                 "Authorization": f"Bearer {token}",
                 "Accept": "application/vnd.github+json",
                 "X-GitHub-Api-Version": "2022-11-28",
             }
         )
-        self.sleep = sleep
-        self.calls = 0
+
+    @property
+    def sleep(self) -> Callable[[float], None]:
+        """How the client pauses between attempts (tests replace it)."""
+        return self.transport.sleep
+
+    @sleep.setter
+    def sleep(self, sleep: Callable[[float], None]) -> None:
+        self.transport.sleep = sleep
+
+    def _count(self, op: str) -> None:
+        if op == "jobs":
+            self.calls += 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GitHubJobs | None:
@@ -74,7 +135,7 @@ class GitHubJobs:
             body = self._get({"per_page": "100", "page": str(page)})
             jobs = body.get("jobs")
             if not isinstance(jobs, list):
-                raise StoreError(f"GitHub jobs API: unexpected answer from {self.url}")
+                raise StoreError(f"{LABEL}: unexpected answer from {self.url}")
             for job in jobs:
                 if isinstance(job, dict) and job.get("id") is not None:
                     found[str(job["id"])] = str(job.get("status") or "")
@@ -84,52 +145,17 @@ class GitHubJobs:
             page += 1
 
     def _get(self, params: dict[str, str]) -> dict[str, Any]:
-        import requests
+        """One page, retried by the shared transport (`ciflow.stores.transport`)."""
+        from ..stores.transport import RateLimited
 
-        for attempt in range(ATTEMPTS):
-            self.calls += 1
-            try:
-                resp = self.session.get(self.url, params=params, timeout=TIMEOUT)
-            except requests.RequestException as exc:
-                why = f"cannot reach {self.url}: {type(exc).__name__}"
-            else:
-                if resp.status_code == 200:
-                    try:
-                        data = resp.json()
-                    except ValueError:
-                        data = None
-                    if isinstance(data, dict):
-                        return data
-                    why = "the answer is not a JSON object"
-                else:
-                    try:
-                        message = str(resp.json().get("message", ""))
-                    except (ValueError, AttributeError):
-                        message = resp.text[:200]
-                    why = f"HTTP {resp.status_code}: {message}"
-                    if resp.headers.get("x-ratelimit-remaining") == "0":
-                        raise StoreError(f"GitHub jobs API: rate limit reached ({why})")
-                    limited = resp.status_code == 429 or (
-                        resp.status_code == 403 and resp.headers.get("Retry-After")
-                    )
-                    if resp.status_code < 500 and not limited:
-                        hint = (
-                            "GITHUB_TOKEN is not accepted"
-                            if resp.status_code == 401
-                            else "give the workflow's token `actions: read` to watch jobs"
-                        )
-                        raise StoreError(
-                            f"GitHub jobs API: {why}; {hint} (ciflow uses heartbeats otherwise)"
-                        )
-                retry_after = resp.headers.get("Retry-After", "")
-                if retry_after.isdigit() and int(retry_after) > MAX_RETRY_AFTER:
-                    raise StoreError(f"GitHub jobs API: {why}, retry after {retry_after}s")
-                if retry_after.isdigit() and attempt + 1 < ATTEMPTS:
-                    self.sleep(float(retry_after))
-                    continue
-            if attempt + 1 < ATTEMPTS:
-                self.sleep(min(8.0, 2.0**attempt) * random.uniform(0.5, 1.0))
-        raise StoreError(f"GitHub jobs API: {why} (after {ATTEMPTS} attempts)")
+        try:
+            sent = self.transport.send(
+                "GET", self.url, _read, counter="jobs", what=f"GET {self.url}",
+                timeout=TIMEOUT, detail=_detail, fail_fast=_fail_fast, params=params,
+            )  # fmt: skip
+        except RateLimited as exc:
+            raise StoreError(f"{LABEL}: {exc.why}, retry after {exc.retry_after:.0f}s") from None
+        return sent.value
 
     def close(self) -> None:
-        self.session.close()
+        self.transport.close()

@@ -1,4 +1,4 @@
-"""The store protocol: create-if-absent, get, list by prefix, delete, streaming, wait.
+"""The store protocol: create-if-absent, get, exists, list by prefix, delete, streaming, wait.
 
 ``create(key, data)`` is the single atomic primitive: it writes only if the key is absent and
 returns False otherwise. Registrations, claims, first-result-wins and leases are all built on it,
@@ -8,6 +8,14 @@ Keys are ``/``-separated paths of safe characters (letters, digits, ``._-=@+``),
 ``runs/<run-id>/claims/<module>/1``. Backends with naming rules encode them reversibly. A key
 is never also the folder of other keys (``a/b`` and ``a/b/c`` cannot both exist): the file store
 maps keys to paths, and raises `StoreError` on such a clash.
+
+A backend implements `Store.create`, `Store.get`, `Store.list` and `Store.delete`; it may
+override the rest where it can do better: `Store.exists` (default ``key in list(key)``; the file
+store stats one file, ``github://`` answers from a listing at most `Store.poll` old),
+`Store.create_from_file` and `Store.get_to_file` (stream large values), ``Store._wait`` (how
+`Store.wait` waits: wake at once on a new key where the backend can push, as its profile's
+``pushes`` says) and `Store.close`. The scheme registry, which maps URLs to backends and their
+`StoreProfile`, is `ciflow.stores.registry`.
 """
 
 from __future__ import annotations
@@ -105,6 +113,15 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key`` if present (absent is fine)."""
 
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` has a value; backends override this with something cheaper.
+
+        As fresh as the backend's `list` (``github://`` answers from a listing at most `poll`
+        old): a key another client just created or deleted may not show yet.
+        """
+        check_key(key)
+        return key in self.list(key)
+
     def create_from_file(self, key: str, path: Path, *, sole: bool = False) -> bool:
         """Like `create`, from a file; backends override this to stream large blobs."""
         return self.create(key, path.read_bytes(), sole=sole)
@@ -128,12 +145,21 @@ class Store(ABC):
     ) -> builtins.list[str]:
         """Block until ``list(prefix)`` has a key not in ``known`` or ``timeout`` passes.
 
-        Returns the current key list either way. The default polls with capped exponential
-        backoff (from 5 ms up to ``poll``, default `poll`); backends that can push
-        (Redis, HTTP long-poll) override it to wake at once.
+        Returns the current key list either way. ``poll`` (default `poll`) bounds the pause
+        between two looks; a backend changes how it waits by overriding `_wait`.
         """
-        cap = self.poll if poll is None else poll
-        deadline = time.monotonic() + timeout
+        interval = self.poll if poll is None else poll
+        return self._wait(prefix, known, time.monotonic() + timeout, interval)
+
+    def _wait(
+        self, prefix: str, known: Collection[str], deadline: float, poll: float
+    ) -> builtins.list[str]:
+        """`wait` until the monotonic ``deadline``: polls `list` with capped exponential backoff.
+
+        The pauses grow from 5 ms up to ``poll``; backends that can push (Redis, HTTP
+        long-poll, memory://) override this to wake at once.
+        """
+        cap = poll
         delay = min(FIRST_POLL, cap)
         while True:
             keys = self.list(prefix)

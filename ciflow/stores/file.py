@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -170,6 +171,18 @@ class FileStore(Store):
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
         return True
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` has a value: one stat of its file."""
+        check_key(key)
+        self.stats.add("exists")
+        try:
+            mode = os.stat(self._path(key)).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise self._unavailable(exc, writing=False) from exc
+        return stat.S_ISREG(mode)
 
     def list(self, prefix: str) -> list[str]:
         """Sorted keys starting with ``prefix`` (may end mid-name); [] if the root is absent."""

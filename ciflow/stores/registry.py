@@ -65,13 +65,18 @@ _GITHUB = StoreProfile(
     lists_everything=True, ci_jobs_liveness=True,
 )  # fmt: skip
 _GITHUB_CACHE = StoreProfile(latency=3.0, bandwidth=20e6, poll=2.0, slow_poll=5.0, heartbeat=30.0)
+# one process's memory: tests and single-process runs; `wait` wakes at once
+_MEMORY = StoreProfile(
+    latency=1e-4, bandwidth=1e9, poll=0.01, slow_poll=0.05, heartbeat=1.0, pushes=True
+)
 
 BACKENDS: dict[str, Backend] = {
     b.scheme: b
     for b in (
         Backend("file", ".file:FileStore", _FILE, "file:///shared/ciflow"),
-        Backend("github", ".github:GitHubArtifactStore", _GITHUB, "github://"),
-        Backend("github-cache", ".github_cache:GitHubCacheStore", _GITHUB_CACHE, "github-cache://"),
+        Backend("github", ".github.artifacts:GitHubArtifactStore", _GITHUB, "github://"),
+        Backend("github-cache", ".github.cache:GitHubCacheStore", _GITHUB_CACHE, "github-cache://"),
+        Backend("memory", "..testing.memory:MemoryStore", _MEMORY, "memory://NAME"),
     )
 }
 

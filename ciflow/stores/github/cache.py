@@ -7,8 +7,8 @@ trailing ``~`` (never part of a key) means no cache key of ciflow is a prefix of
 service's prefix matching can only find the exact key; `GitHubCacheStore.get` checks
 ``matched_key`` besides. Cache keys may have at most 512 characters.
 
-Same runner variables, token and Twirp JSON transport as the ``github://`` store (see
-`ciflow.stores.github`): ``…CacheService/CreateCacheEntry`` -> PUT the raw bytes to the signed URL
+Same runner variables, token and Twirp JSON calls as the ``github://`` store (the shared
+`DownloadingStore`): ``…CacheService/CreateCacheEntry`` -> PUT the raw bytes to the signed URL
 (one PUT or blocks) -> ``FinalizeCacheEntryUpload``; reads use ``GetCacheEntryDownloadURL``.
 Values are stored as raw bytes, not archived.
 
@@ -16,7 +16,7 @@ Cache entries are immutable: create of an existing key returns False (HTTP 409
 ``already_exists`` or ``ok: false``, as the service answers). A write the token may not make
 (``cache write denied``, e.g. a read-only token or a pull request from a fork) raises
 `StoreUnavailable` (a `StoreError`). The service cannot list or delete entries:
-`GitHubCacheStore.list`, `GitHubCacheStore.wait` and `GitHubCacheStore.delete` raise
+`GitHubCacheStore.list`, hence `Store.wait`, and `GitHubCacheStore.delete` raise
 `StoreError`; GitHub evicts entries unused for 7 days and beyond the repository's 10 GB. Entries
 are scoped by branch: a pull request reads its base branch's entries and writes its own.
 
@@ -24,33 +24,22 @@ If the answer to a CreateCacheEntry is lost and the retry finds the key reserved
 may have reserved it for this client; the service cannot release it, so create returns False.
 
 API calls: create = CreateCacheEntry + upload + FinalizeCacheEntryUpload (1 if the key exists);
-get = GetCacheEntryDownloadURL + download (1 if absent).
+get = GetCacheEntryDownloadURL + download (1 if absent); exists = GetCacheEntryDownloadURL.
 """
 
 from __future__ import annotations
 
 import builtins
 import hashlib
-import os
-import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from ..errors import UsageError
-from .base import StoreError, StoreUnavailable, check_key
-from .github import (
-    CHUNK,
-    MAX_ATTEMPTS,
-    DownloadingStore,
-    GitHubHttp,
-    TwirpError,
-    get_field,
-    parse_namespace,
-    runtime_from_env,
-)
+from ...errors import UsageError
+from ..base import StoreError, StoreUnavailable, check_key
+from .blobs import CHUNK, Pieces
+from .download import DownloadingStore, Sink
+from .twirp import TwirpError, get_field
 
 __all__ = ["CACHE_SERVICE", "CACHE_VERSION", "GitHubCacheStore"]
 
@@ -69,28 +58,11 @@ def _denied(message: str) -> bool:
 class GitHubCacheStore(DownloadingStore):
     """A store in the repository's GitHub Actions cache: create-once values, no listing."""
 
-    def __init__(
-        self,
-        url: str = "github-cache://",
-        *,
-        env: Mapping[str, str] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        max_attempts: int = MAX_ATTEMPTS,
-        session: requests.Session | None = None,
-    ) -> None:
-        super().__init__(url)
-        self.namespace = parse_namespace(url, "github-cache")
+    scheme = "github-cache"
+    service = CACHE_SERVICE
+
+    def _setup(self) -> None:
         self.prefix = f"ciflow-{self.namespace}/" if self.namespace else "ciflow/"
-        self.runtime = runtime_from_env(os.environ if env is None else env, "github-cache")
-        self.http = GitHubHttp(
-            self.runtime,
-            CACHE_SERVICE,
-            self.stats.add,
-            sleep=sleep,
-            max_attempts=max_attempts,
-            session=session,
-            label="github-cache store",
-        )
 
     def cache_key(self, key: str) -> str:
         """The cache key of a store key; `UsageError` if it is too long."""
@@ -111,13 +83,11 @@ class GitHubCacheStore(DownloadingStore):
             "e.g. of pull requests from forks, cannot save cache entries"
         )
 
-    def _create(
-        self, key: str, pieces: Callable[[], Iterable[bytes | memoryview]], total: int
-    ) -> bool:
+    def _create(self, key: str, pieces: Pieces, total: int) -> bool:
         cache_key = self.cache_key(key)
         body = {"key": cache_key, "version": CACHE_VERSION}
         try:
-            resp, _ = self.http.rpc("CreateCacheEntry", body)
+            resp, _ = self.twirp.rpc("CreateCacheEntry", body)
         except TwirpError as exc:
             if exc.exists:
                 return False
@@ -132,9 +102,9 @@ class GitHubCacheStore(DownloadingStore):
         url = get_field(resp, "signed_upload_url")
         if not isinstance(url, str) or not url:
             raise StoreError(f"github-cache store: CreateCacheEntry for {key!r} gave no URL")
-        self.http.upload(url, pieces, total, CONTENT_TYPE)
+        self.blobs.upload(url, pieces, total, CONTENT_TYPE)
         try:
-            resp, _ = self.http.rpc("FinalizeCacheEntryUpload", {**body, "size_bytes": str(total)})
+            resp, _ = self.twirp.rpc("FinalizeCacheEntryUpload", {**body, "size_bytes": str(total)})
         except TwirpError as exc:
             if exc.ambiguous and exc.exists:
                 return True  # a lost attempt finalized our reservation
@@ -175,20 +145,32 @@ class GitHubCacheStore(DownloadingStore):
 
     # -- get -----------------------------------------------------------------------------------
 
-    def _download(self, key: str, sink: Callable[[], Callable[[bytes], object]]) -> bool:
+    def _signed_url(self, key: str) -> str | None:
+        """The download URL of ``key``'s entry, or None if it has none."""
         cache_key = self.cache_key(key)
         body: dict[str, Any] = {"key": cache_key, "version": CACHE_VERSION}
         try:
-            resp, _ = self.http.rpc("GetCacheEntryDownloadURL", body)
+            resp, _ = self.twirp.rpc("GetCacheEntryDownloadURL", body)
         except TwirpError as exc:
             if exc.not_found:
-                return False
+                return None
             raise
         url = get_field(resp, "signed_download_url")
         if get_field(resp, "ok") is False or not url:
-            return False
+            return None
         if get_field(resp, "matched_key") != cache_key:
-            return False  # a prefix match of another key, not ours
+            return None  # a prefix match of another key, not ours
+        return str(url)
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` has an entry (one GetCacheEntryDownloadURL, no download)."""
+        self.stats.add("exists")
+        return self._signed_url(key) is not None
+
+    def _download(self, key: str, sink: Sink) -> bool:
+        url = self._signed_url(key)
+        if url is None:
+            return False
 
         def consume(chunks: Iterator[bytes]) -> bool:
             write = sink()
@@ -196,7 +178,7 @@ class GitHubCacheStore(DownloadingStore):
                 write(chunk)
             return True
 
-        return bool(self.http.download(str(url), consume))
+        return bool(self.blobs.download(url, consume))
 
     # -- what the cache service cannot do ---------------------------------------------------------
 
@@ -208,16 +190,6 @@ class GitHubCacheStore(DownloadingStore):
             "runner tokens; keep keys you must list in a github:// store"
         )
 
-    def wait(
-        self,
-        prefix: str,
-        known: Collection[str] = (),
-        timeout: float = 1.0,
-        poll: float | None = None,
-    ) -> builtins.list[str]:
-        """Not possible (it needs `list`): raises `StoreError`."""
-        return self.list(prefix)
-
     def delete(self, key: str) -> None:
         """Not possible: raises `StoreError` (entries are immutable; GitHub evicts them)."""
         check_key(key)
@@ -226,7 +198,3 @@ class GitHubCacheStore(DownloadingStore):
             f"github-cache store cannot delete {key!r}: cache entries are immutable and the "
             "cache service offers no delete; GitHub evicts entries unused for 7 days"
         )
-
-    def close(self) -> None:
-        """Close the HTTP session."""
-        self.http.close()
