@@ -1,10 +1,11 @@
-"""Priority rules: the task orders list scheduling starts from (see docs/architecture.md).
+"""Priority rules: the task orders list scheduling starts from.
 
 A rule maps a `TaskGraph` to one priority per task (higher first); `order_by` turns priorities
 into a topological order for list scheduling. `RULES` names every rule the search starts from:
 each seeds one member of the genetic population, in registry order, and its name labels the
 schedules grown from it (`Schedule.algorithm`). `BASE` is the rule that random members and the
-branch-and-bound restarts perturb. A new rule is one function plus one line in `RULES`.
+branch-and-bound restarts perturb. A new rule is one function here plus one line in `RULES`
+(see docs/architecture.md, "Adding a priority rule").
 """
 
 from __future__ import annotations
