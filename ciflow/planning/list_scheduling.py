@@ -53,7 +53,9 @@ def list_schedule(
     for t in order:
         preds = g.preds[t]
         d = g.dur[t]
-        cands = _candidates(g, t, pinned, fixed_slot, group_slot)
+        cands: Sequence[int] = g.eligible[t]
+        if fixed_slot or pinned:
+            cands = _candidates(g, t, pinned, fixed_slot, group_slot)
         base = max([finish[p] for p in g.pred_ids[t]], default=0.0)
         costly = g.costly[t]
         plain = d > 0 and not append and not g.exclusive[t] and not g.limits[t]
