@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ciflow.model.module import Module  # noqa: E402
 from ciflow.model.pipeline import Pipeline  # noqa: E402
-from ciflow.planning.planner import RunnerPool, Transfer, plan_pipeline  # noqa: E402
+from ciflow.planning import RunnerPool, Transfer, plan_pipeline  # noqa: E402
 from ciflow.planning.scheduler import (  # noqa: E402
     Placement,
     Problem,

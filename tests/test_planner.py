@@ -13,15 +13,12 @@ from ciflow.cli.app import app
 from ciflow.errors import RequirementError, UsageError
 from ciflow.model.module import Module
 from ciflow.model.pipeline import Pipeline, load_pipeline
+from ciflow.planning.costs import Transfer
 from ciflow.planning.history import History, ModuleHistory
-from ciflow.planning.planner import (
-    DistributedExecutionPlan,
-    RunnerPool,
-    Transfer,
-    load_pools,
-    parse_pool,
-    plan_pipeline,
-)
+from ciflow.planning.plan import DistributedExecutionPlan
+from ciflow.planning.planner import plan_pipeline
+from ciflow.planning.pools import RunnerPool, load_pools, parse_pool
+from ciflow.stores.registry import BACKENDS
 
 runner = CliRunner()
 POOLS = [
@@ -110,6 +107,35 @@ def test_transfer_cost_makes_cross_slot_edges_expensive() -> None:
     costly = plan_pipeline(pipeline, [RunnerPool(count=2)], transfer=slow)
     assert costly.makespan == pytest.approx(3.0)  # all on one slot beats a 10 s hand-off
     assert costly.inputs.transfer.latency == 10.0
+
+
+def test_transfer_for_store_takes_the_store_profile() -> None:
+    for scheme, backend in BACKENDS.items():
+        transfer = Transfer.for_store(scheme)
+        assert (transfer.store, transfer.latency, transfer.bandwidth) == (
+            scheme,
+            backend.profile.latency,
+            backend.profile.bandwidth,
+        )
+    assert Transfer.for_store("github", bandwidth=5e6).latency == BACKENDS["github"].profile.latency
+    with pytest.raises(UsageError, match="unknown store kind 'redis'; use one of file, github"):
+        Transfer.for_store("redis")
+    with pytest.raises(UsageError, match="latency must be >= 0"):
+        Transfer.for_store("file", latency=-1)
+    with pytest.raises(UsageError, match="bandwidth must be > 0"):
+        Transfer.for_store("file", bandwidth=0)
+
+
+def test_a_limit_of_one_place_is_an_exclusive_key() -> None:
+    mods = [
+        Module(lambda: None, name=f"m{i}", cost=1, parallel_limit=ciflow.ParallelLimit("db", 1))
+        for i in range(3)
+    ]
+    plan = plan_pipeline(Pipeline(mods), [RunnerPool(count=3)])
+    ends = sorted((start, finish) for _, start, finish in spans(plan).values())
+    assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:], strict=False))
+    assert plan.makespan == pytest.approx(3.0)
+    assert plan.lower_bound == pytest.approx(3.0)  # the key's total work bounds the makespan
 
 
 def test_alone_module_overlaps_nothing() -> None:

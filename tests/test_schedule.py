@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 import os
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ciflow.planning.rules import BASE, RULES
 from ciflow.planning.scheduler import (
     Placement,
     Problem,
@@ -24,6 +26,7 @@ from ciflow.planning.scheduler import (
     simulate,
     violations,
 )
+from ciflow.planning.taskgraph import TaskGraph
 
 FAST = {"passes": 40, "nodes": 400}  # small budgets keep property tests quick
 quick = settings(max_examples=80, deadline=None, database=None)
@@ -120,6 +123,53 @@ def test_plan_is_the_same_in_another_process() -> None:
         assert run.returncode == 0, run.stderr
         out.append(run.stdout)
     assert out[0] == out[1]
+
+
+CORE = [
+    "problem", "taskgraph", "rules", "bounds", "timelines", "list_scheduling", "search",
+    "branch_and_bound", "simulate", "scheduler",
+]  # fmt: skip
+
+
+def test_the_scheduling_core_imports_only_the_standard_library_and_itself() -> None:
+    folder = Path(__file__).resolve().parents[1] / "ciflow" / "planning"
+    allowed = {"bisect", "collections", "dataclasses", "heapq", "math", "random", "__future__"}
+    for name in CORE:
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found = {alias.name.split(".")[0] for alias in node.names}
+                assert found <= allowed, (name, found)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: only other core modules
+                    assert node.level == 1 and node.module in CORE, (name, node.module)
+                else:
+                    assert node.module is not None
+                    assert node.module.split(".")[0] in allowed, (name, node.module)
+
+
+def test_every_priority_rule_gives_one_number_per_task() -> None:
+    problem = Problem(tuple(Task(f"t{i}", 1 + i % 3, (i - 1,) if i else ()) for i in range(5)), 2)
+    for name, rule in RULES.items():
+        priority = rule(TaskGraph(problem))
+        assert len(priority) == 5, name
+    assert BASE in RULES
+    assert list(RULES)[:2] == ["heft", "rank+head"]
+
+
+def test_a_registered_rule_seeds_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def last_first(g: TaskGraph) -> list[float]:
+        calls.append(g.n)
+        return [float(i) for i in range(g.n)]
+
+    monkeypatch.setitem(RULES, "last-first", last_first)
+    # three tasks of 2 on two slots: the bound (3) is out of reach, so every rule is tried
+    problem = Problem(tuple(Task(f"t{i}", 2) for i in range(3)), 2)
+    schedule = plan(problem, passes=10, nodes=0)
+    assert calls == [3]
+    assert schedule.makespan == 4 and not violations(problem, schedule)
 
 
 def test_exclusive_keys_hold_across_slots() -> None:
