@@ -1,6 +1,6 @@
 """Result records: a checksummed header line plus the module's JSON result, zstd-compressed.
 
-A module's result travels through the store as one record (DESIGN.md §2 "result store", §5)::
+A module's result travels through the store as one record (docs/architecture.md, "Results")::
 
     CIFLOW-RESULT 1 <H> <zsize> <zsha>\\n    line 1: magic, format, checksums
     {"schema_version":1,"module":...}\\n    line 2: the `ResultHeader`, one line of JSON
@@ -120,6 +120,8 @@ class OutputRef(BaseModel):
     key: str = Field(min_length=1)
     sha256: str = Field(pattern=_SHA256_HEX)
     size: int = Field(ge=0)
+    #: bytes of the regular files inside (0: not recorded); restores refuse more
+    unpacked: int = Field(default=0, ge=0)
 
 
 class ResultHeader(BaseModel):
