@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ciflow.distributed.keys import RunKeys
-from ciflow.distributed.liveness import Liveness, new_worker_id
+from ciflow.distributed.liveness import EVIDENCE, Liveness, new_worker_id
 from ciflow.providers.github_jobs import GitHubJobs, job_of
 from ciflow.stores import open_store
 from ciflow.stores.base import StoreError
@@ -88,6 +88,8 @@ def test_liveness_asks_the_jobs_api_not_heartbeats(emu: GitHubEmulator, tmp_path
     live = Liveness(store, RunKeys("r"), timeout=0.0, jobs=client(a), jobs_interval=0.0)
     live.refresh()
     live.dead([watched, beating])  # first sight starts the heartbeat clock
+    for _ in range(EVIDENCE):  # evidence: several listings of its own see the silence
+        live.refresh()
     live.refresh_jobs()
     assert live.dead([watched, beating]) == {beating}  # silent; the watched job is running
     emu.finish_job("run-6", "b")

@@ -3,7 +3,9 @@
 A worker registers once (``workers/<worker>``) and then heartbeats by creating
 ``alive/<worker>/<seq>`` with a rising sequence number, deleting older beats where the store
 allows it. Observers never compare clocks across machines: a worker is dead when *they* have
-not seen its sequence number rise for ``timeout`` seconds of their own monotonic clock.
+not seen its sequence number rise for ``timeout`` seconds of their own monotonic clock, and
+only with evidence: at least `EVIDENCE` listings of their own since the last rise, with the
+time the observer could not reach the store not counted against it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from ..stores.base import Store, StoreError
 from .keys import RunKeys
 from .messages import Done, Heartbeat, Registration, decode, encode
 
-__all__ = ["HeartbeatThread", "Liveness", "new_worker_id", "read_registrations", "register"]
+__all__ = [
+    "EVIDENCE", "HeartbeatThread", "Liveness", "new_worker_id", "read_registrations", "register",
+]  # fmt: skip
+
+#: listings an observer must make after a worker's last beat before it may call it dead
+EVIDENCE = 3
 
 
 def new_worker_id(slot: int, job: str | None = None) -> str:
@@ -146,11 +153,20 @@ class Liveness:
         self.jobs_error: str | None = None
         self._job_states: dict[str, str] = {}
         self._jobs_asked = -float("inf")
-        self._seen: dict[str, tuple[int, float]] = {}  # worker -> (seq, when it rose)
+        # worker -> (seq, when it rose, this observer's listings then)
+        self._seen: dict[str, tuple[int, float, int]] = {}
+        self._listings = 0
 
-    def refresh(self, listed: Iterable[str] | None = None) -> None:
-        """Note the newest beat of every worker: from ``listed`` keys, or one list call."""
+    def refresh(self, listed: Iterable[str] | None = None, blind: float = 0.0) -> None:
+        """Note the newest beat of every worker: from ``listed`` keys, or one list call.
+
+        ``blind``: seconds just before this listing during which this observer could not
+        reach the store; they are forgiven (every worker's silence counts from after them).
+        """
         now = time.monotonic()
+        if blind > 0:
+            self._seen = {w: (seq, t + blind, n) for w, (seq, t, n) in self._seen.items()}
+        self._listings += 1
         newest: dict[str, int] = {}
         prefix = self.keys.alive_prefix
         keys = self.store.list(prefix) if listed is None else listed
@@ -163,7 +179,7 @@ class Liveness:
         for worker, seq in newest.items():
             old = self._seen.get(worker)
             if old is None or seq > old[0]:
-                self._seen[worker] = (seq, now)
+                self._seen[worker] = (seq, now, self._listings)
 
     def refresh_jobs(self) -> None:
         """Ask the jobs API again, at most once per ``jobs_interval`` (call it when waiting)."""
@@ -190,8 +206,8 @@ class Liveness:
                 if self._job_states.get(job) == "completed":
                     result.add(worker)
             elif seen is None:
-                self._seen[worker] = (0, now)  # start the clock at first sight
-            elif now - seen[1] > self.timeout:
+                self._seen[worker] = (0, now, self._listings)  # start the clock at first sight
+            elif now - seen[1] > self.timeout and self._listings - seen[2] >= EVIDENCE:
                 result.add(worker)
         return result
 

@@ -3,19 +3,24 @@
 A module's result lives at ``results/<module>`` and is created once: the first result written
 wins, a late one from an older attempt is discarded. Declared outputs are uploaded first (as a
 zstd tar under ``outputs/<module>/<attempt>``), so a readable result implies readable outputs.
+A result whose outcome does not count as success is preceded by a marker
+(``results/<module>@unsuccessful``): a listing alone tells a dependent that every dependency
+succeeded, and only a marked result is downloaded to learn why it did not.
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ..model.outcome import ModuleRecord, Outcome, RunResult
 from ..stores.base import Store, StoreError
-from .blob import OutputRef, ResultHeader, decode_result, encode_result
+from .blob import BlobError, OutputRef, ResultHeader, decode_result, encode_result
 from .keys import RunKeys
+from .messages import Marker, encode
 
 __all__ = ["ResultCache", "publish_result", "read_run"]
 
@@ -29,35 +34,30 @@ def publish_result(
     worker: str,
     slot: int | None,
     workdir: Path,
-    outputs: Iterable[str] = (),
+    outputs: Sequence[str] = (),
     failpoint: Callable[[], None] | None = None,
     cache: ResultCache | None = None,
-    upstream: Mapping[str, list[OutputRef]] | None = None,
 ) -> bool:
     """Upload outputs (if the module succeeded and declared any), then the result.
 
-    ``upstream`` is the manifest of outputs shipped by the modules upstream (see
-    `ResultCache.upstream_outputs`); the result carries it on. Returns False when another
+    Outputs that cannot be packed (a link leaving the workspace, an unreadable file) fail the
+    module: the record becomes ``failed`` with the reason. Returns False when another
     attempt's result was already there (this one is discarded).
     """
     outcome = record.outcome or Outcome.CANCELLED
-    shipped: list[dict[str, object]] = []
-    patterns = list(outputs)
-    if patterns and outcome in (Outcome.SUCCEEDED, Outcome.IGNORED_FAILURE):
-        from .archive import pack_outputs
-
-        with tempfile.TemporaryDirectory(prefix="ciflow-out-") as tmp:
-            archive = Path(tmp) / "outputs.tar.zst"
-            info = pack_outputs(workdir, patterns, archive)
-            key = keys.outputs(record.name, attempt)
-            store.create_from_file(key, archive, sole=True)  # only the attempt's holder writes
-            shipped.append({"key": key, "sha256": info.sha256, "size": info.size})
+    shipped: list[OutputRef] = []
+    if outputs and outcome in (Outcome.SUCCEEDED, Outcome.IGNORED_FAILURE):
+        shipped = _ship_outputs(store, keys, record, attempt, workdir, outputs)
+        outcome = record.outcome or Outcome.CANCELLED
     if failpoint is not None:
         failpoint()
-    payload = record.result if record.result is not None else b""  # empty: no result
+    if not outcome.ok:
+        mark = Marker(module=record.name, attempt=attempt, outcome=outcome.value)
+        store.create(keys.marker(record.name), encode(mark))  # first marker is enough
+    payload = record.result if record.result is not None and outcome.ok else b""
     header = ResultHeader(
         module=record.name,
-        attempt=attempt,
+        attempt=max(1, record.attempts or attempt),
         worker=worker,
         slot=slot,
         outcome=outcome.value,
@@ -66,10 +66,7 @@ def publish_result(
         duration=record.duration,
         error=record.error,
         skip_reason=record.skip_reason,
-        payload_sha256="",
-        payload_size=0,
-        outputs=shipped,  # type: ignore[arg-type]
-        upstream_outputs=dict(upstream or {}),
+        outputs=shipped,
     )
     written = store.create(keys.result(record.name), encode_result(header, payload))
     if written and cache is not None:
@@ -77,36 +74,69 @@ def publish_result(
     return written
 
 
-class ResultCache:
-    """Which modules have a result, and the results read so far (they never change).
+def _ship_outputs(
+    store: Store,
+    keys: RunKeys,
+    record: ModuleRecord,
+    attempt: int,
+    workdir: Path,
+    patterns: Sequence[str],
+) -> list[OutputRef]:
+    from .archive import ArchiveError, pack_outputs
 
-    `refresh` only notes which results exist (from a listing); a result is downloaded the first
-    time its outcome or value is asked for, so a worker reads only what it acts on.
+    with tempfile.TemporaryDirectory(prefix="ciflow-out-") as tmp:
+        archive = Path(tmp) / "outputs.tar.zst"
+        try:
+            info = pack_outputs(workdir, list(patterns), archive)
+        except ArchiveError as exc:
+            record.outcome, record.error, record.result = Outcome.FAILED, str(exc), None
+            return []
+        key = keys.outputs(record.name, attempt)
+        store.create_from_file(key, archive, sole=True)  # only the attempt's holder writes
+    return [OutputRef(key=key, sha256=info.sha256, size=info.size, unpacked=info.file_bytes)]
+
+
+class ResultCache:
+    """Which modules have a result, which are marked unsuccessful, and the results read.
+
+    `note` takes a listing; a result is downloaded the first time its header or value is
+    asked for, so a worker reads only what it acts on. Safe to use from several threads.
     """
 
     def __init__(self, store: Store, keys: RunKeys) -> None:
         self.store = store
         self.keys = keys
         self.present: set[str] = set()
+        self.marked: set[str] = set()
         self.headers: dict[str, ResultHeader] = {}
         self.payloads: dict[str, bytes] = {}
+        self._lock = threading.Lock()
 
-    def refresh(self, listed: list[str] | None = None) -> list[str]:
-        """Note results that appeared since the last call; return their module names.
-
-        ``listed`` is a fresh listing of the results prefix, if the caller has one.
-        """
+    def note(self, listed: Iterable[str]) -> list[str]:
+        """Note results and markers in ``listed`` keys; return the modules new with a result."""
         new = []
-        prefix = self.keys.results
-        for key in self.store.list(prefix) if listed is None else listed:
-            module = key[len(prefix) :]
-            if module and "/" not in module and module not in self.present:
-                self.present.add(module)
-                new.append(module)
+        parse = self.keys.parse
+        for key in listed:
+            found = parse(key)
+            if found is None:
+                continue
+            if found.kind == "result" and found.module not in self.present:
+                self.present.add(found.module)
+                new.append(found.module)
+            elif found.kind == "marker":
+                self.marked.add(found.module)
         return new
 
+    def refresh(self) -> list[str]:
+        """List the results prefix and `note` it."""
+        return self.note(self.store.list(self.keys.results))
+
     def load(self, module: str) -> ResultHeader:
-        """The header of ``module``'s result, downloading the record the first time."""
+        """The header of ``module``'s result, downloading the record the first time.
+
+        A record that is unreadable, names another module or points at outputs outside this
+        run and module is a `BlobError`.
+        """
         header = self.headers.get(module)
         if header is not None:
             return header
@@ -115,51 +145,55 @@ class ResultCache:
         if data is None:
             raise StoreError(f"result {key} was listed but cannot be read; check the store")
         header, payload = decode_result(data, key=key)
+        self._check(key, module, header)
         self.remember(module, header, payload)
         return header
 
+    def _check(self, key: str, module: str, header: ResultHeader) -> None:
+        if header.module != module:
+            raise BlobError(
+                f"result {key} is the result of module {header.module!r}, not {module!r}: "
+                "a record was planted or copied; delete it and rerun the module"
+            )
+        own = f"{self.keys.outputs_prefix}{module}/"
+        for ref in header.outputs:
+            if not ref.key.startswith(own):
+                raise BlobError(
+                    f"result {key} points at outputs {ref.key!r} outside {own}: refusing to "
+                    "restore them; delete the record and rerun the module"
+                )
+
     def remember(self, module: str, header: ResultHeader, payload: bytes) -> None:
         """Keep a result this process wrote or read, so it is never downloaded again."""
-        self.present.add(module)
-        self.headers[module] = header
-        self.payloads[module] = payload
+        with self._lock:
+            self.present.add(module)
+            self.headers[module] = header
+            self.payloads[module] = payload
+            if not Outcome(header.outcome).ok:
+                self.marked.add(module)
 
     def payload(self, module: str) -> bytes:
         self.load(module)
         return self.payloads[module]
 
     def outcome(self, module: str) -> Outcome | None:
+        """The module's outcome; None without a result. Downloads only marked results."""
         if module not in self.present:
             return None
+        if module not in self.marked and module not in self.headers:
+            return Outcome.SUCCEEDED  # counts as success: no marker was written before it
         return Outcome(self.load(module).outcome)
 
-    def upstream_outputs(self, deps: Iterable[str]) -> dict[str, list[OutputRef]]:
-        """The shipped outputs of ``deps`` and of everything upstream of them, by module.
+    def restore_outputs(self, module: str, workdir: Path, patterns: Sequence[str]) -> int:
+        """Download and unpack ``module``'s shipped outputs into ``workdir``.
 
-        Read from the direct dependencies' results alone: each result carries its upstream's.
-        """
-        manifest: dict[str, list[OutputRef]] = {}
-        for dep in deps:
-            if dep not in self.present:
-                continue
-            header = self.load(dep)
-            manifest.update(header.upstream_outputs)
-            if header.outputs:
-                manifest[dep] = list(header.outputs)
-        return manifest
-
-    def restore_outputs(
-        self, module: str, workdir: Path, refs: Iterable[OutputRef] | None = None
-    ) -> int:
-        """Download and unpack ``module``'s shipped outputs (or ``refs``) into ``workdir``.
-
-        Returns the number of files restored.
+        Only paths matching the producer's declared ``patterns`` are restored, and no more
+        bytes than its result recorded. Returns the number of files restored.
         """
         from .archive import unpack_outputs
 
-        items = self.load(module).outputs if refs is None else list(refs)
         count = 0
-        for item in items:
+        for item in self.load(module).outputs:
             with tempfile.TemporaryDirectory(prefix="ciflow-in-") as tmp:
                 archive = Path(tmp) / "outputs.tar.zst"
                 if not self.store.get_to_file(item.key, archive):

@@ -1,0 +1,224 @@
+"""The worker's hands: run the modules it holds in a thread pool and publish their results.
+
+`ModuleExecutor.start` runs one module in a pool thread: its dependencies' values are decoded,
+the files shipped by the modules upstream are restored into the workspace (once per worker),
+the module runs with `execution.runner.run_module` (so outcomes, timeouts, retries and
+cancellation mean what they mean in ``ciflow run``), and its result is published. The thread
+then posts an `events.Ended` to the worker's loop. What goes wrong with one module's inputs
+(a corrupt result, an archive that cannot be restored) fails that module, never the worker;
+only a store that cannot be reached ends the worker (posted as `Crashed`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CiflowError
+from ..execution.policy import fail_fast_reason
+from ..execution.runner import ModuleRun, RunSettings, run_module
+from ..model.outcome import ModuleRecord, Outcome
+from ..model.pipeline import Pipeline
+from ..stores.base import Store, StoreUnavailable
+from ..ui.console import Console
+from .events import Ended, Event
+from .keys import RunKeys
+from .messages import CancelRecord, encode
+from .results import ResultCache, publish_result
+
+__all__ = ["Crashed", "ModuleExecutor", "failpoint"]
+
+#: the cancel reason of a module stopped by a signal: it is handed back, not published
+HANDED_BACK = "stopped by a signal"
+_HAS_VALUE = (Outcome.SUCCEEDED, Outcome.CACHED)
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """A pool thread met an error that ends the worker (the store cannot be reached)."""
+
+    now: float
+    error: BaseException
+
+
+def failpoint(point: str, module: str) -> None:
+    """Fault injection for tests: ``CIFLOW_FAILPOINT=<point>:<module>`` SIGKILLs this worker.
+
+    Points: ``after-claim`` (claimed, nothing run), ``before-result`` (ran, result not yet
+    written), ``after-outputs`` (outputs uploaded, result not yet written).
+    """
+    if os.environ.get("CIFLOW_FAILPOINT") == f"{point}:{module}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who publishes: the worker's id and slot, the run's keys and workspace."""
+
+    worker: str
+    slot: int
+    keys: RunKeys
+    workdir: Path
+    keep_going: bool
+
+
+class ModuleExecutor:
+    """Runs held modules in up to ``jobs`` threads; posts `Ended` (or `Crashed`) for each."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: Store,
+        results: ResultCache,
+        me: Identity,
+        console: Console,
+        post: Callable[[Event | Crashed], None],
+        jobs: int,
+    ) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.results = results
+        self.me = me
+        self.console = console
+        self.post = post
+        self.definition_errors: list[str] = []
+        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ciflow-run")
+        self._lock = threading.Lock()
+        self._handles: dict[str, ModuleRun] = {}
+        self._restored: set[str] = set()
+        self._restore_lock = threading.Lock()
+        self._upstream: dict[str, list[str]] = {}
+        self._cancelled = False
+
+    def start(self, name: str, attempt: int, outcomes: Mapping[str, Outcome]) -> None:
+        """Run ``name`` as ``attempt``; ``outcomes`` of its dependencies and upstream."""
+        handle = ModuleRun()
+        with self._lock:
+            self._handles[name] = handle
+        self._pool.submit(self._execute, name, attempt, dict(outcomes), handle)
+
+    def upstream(self, name: str) -> list[str]:
+        """Modules ``name`` needs, transitively, that declare outputs (dependency order)."""
+        found = self._upstream.get(name)
+        if found is None:
+            mods = self.pipeline.modules
+            found = [
+                n for n in self.pipeline.requirements_of([name]) if n != name and mods[n].outputs
+            ]
+            self._upstream[name] = found
+        return found
+
+    def stop_all(self, reason: str, hard: bool) -> None:
+        """Cancel what runs here; ``hard``: as a signal, so each module is handed back."""
+        with self._lock:
+            handles = list(self._handles.values())
+        for handle in handles:
+            handle.cancel(HANDED_BACK if hard else reason)
+
+    def shutdown(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    # ------------------------------------------------------------------ one module
+
+    def _execute(
+        self, name: str, attempt: int, outcomes: dict[str, Outcome], handle: ModuleRun
+    ) -> None:
+        try:
+            record = self._run(name, attempt, outcomes, handle)
+            if record is None:
+                self.post(Ended(time.monotonic(), name, attempt, None))
+                return
+            failpoint("before-result", name)
+            written = self._publish(record, attempt)
+            outcome = record.outcome or Outcome.CANCELLED
+            self.post(Ended(time.monotonic(), name, attempt, outcome, written))
+        except BaseException as exc:  # noqa: BLE001 - the loop decides what it means
+            self.post(Crashed(time.monotonic(), exc))
+        finally:
+            with self._lock:
+                self._handles.pop(name, None)
+
+    def _run(
+        self, name: str, attempt: int, outcomes: dict[str, Outcome], handle: ModuleRun
+    ) -> ModuleRecord | None:
+        """Run the module; None when a signal stopped it (it is handed back)."""
+        mod = self.pipeline.modules[name]
+        try:
+            inputs = self._inputs(name, outcomes)
+            self._restore(name, outcomes)
+        except StoreUnavailable:
+            raise
+        except (CiflowError, ValueError, OSError) as exc:
+            record = ModuleRecord(
+                name, outcome=Outcome.FAILED, attempts=attempt, end=time.time(),
+                error=f"cannot prepare its inputs: {exc}",
+            )  # fmt: skip
+            self.console.module_finished(record)
+            return record
+        settings = RunSettings(self.me.workdir, self.me.keys.run_id)
+        record = run_module(
+            mod, self.pipeline.bindings[name], inputs=inputs, first_attempt=attempt,
+            settings=settings, console=self.console, handle=handle,
+        )  # fmt: skip
+        if handle.reason == HANDED_BACK and record.outcome is Outcome.CANCELLED:
+            return None
+        return record
+
+    def _inputs(self, name: str, outcomes: Mapping[str, Outcome]) -> dict[str, Any]:
+        provided: dict[str, Any] = {}
+        for dep in self.pipeline.modules[name].depends_on:
+            if outcomes.get(dep.name) in _HAS_VALUE:
+                binding = self.pipeline.bindings[dep.name].result
+                provided[dep.name] = binding.decode(self.results.payload(dep.name), dep.name)
+        return provided
+
+    def _restore(self, name: str, outcomes: Mapping[str, Outcome]) -> None:
+        """Restore the outputs of every module upstream, as in one workspace, in order."""
+        for source in self.upstream(name):
+            if source not in outcomes:
+                continue  # an optional dependency that did not run
+            with self._restore_lock:
+                if source in self._restored:
+                    continue
+                patterns = self.pipeline.modules[source].outputs
+                count = self.results.restore_outputs(source, self.me.workdir, patterns)
+                self._restored.add(source)
+            if count:
+                self.console.message(
+                    f"[worker {self.me.slot}] restored {count} output file(s) of {source}"
+                )
+
+    def _publish(self, record: ModuleRecord, attempt: int) -> bool:
+        name = record.name
+        record.worker, record.slot = self.me.worker, self.me.slot
+        mod = self.pipeline.modules[name]
+        if record.definition_error:
+            self.definition_errors.append(name)
+        self.cancel_run(record)  # fail-fast: the cancel record comes before the result
+        written = publish_result(
+            self.store, self.me.keys, record, attempt=attempt, worker=self.me.worker,
+            slot=self.me.slot, workdir=self.me.workdir, outputs=mod.outputs,
+            failpoint=lambda: failpoint("after-outputs", name), cache=self.results,
+        )  # fmt: skip
+        self.cancel_run(record)  # packing its outputs may have failed it
+        with self._restore_lock:
+            self._restored.add(name)  # its files are in this workspace: never download them
+        return written
+
+    def cancel_run(self, record: ModuleRecord) -> None:
+        outcome = record.outcome or Outcome.CANCELLED
+        if self.me.keep_going or not outcome.bad or outcome is Outcome.CANCELLED:
+            return
+        if outcome is Outcome.DEPENDENCY_FAILED or self._cancelled:
+            return
+        self._cancelled = True
+        reason = fail_fast_reason(record.name, outcome, f" on slot {self.me.slot}")
+        cancel = CancelRecord(reason=reason, worker=self.me.worker, at=time.time())
+        self.store.create(self.me.keys.cancel, encode(cancel))

@@ -1,0 +1,136 @@
+"""The worker's eyes: one thread that lists the run's records and reports what changed.
+
+Every ``slow_poll`` seconds it lists the run's whole namespace (claims, requests, workers,
+heartbeats, leases, the cancel record) and works out liveness from it; in between it watches
+only ``results/``, and only as closely as needed: fast (the store's ``poll``) while a result
+is due by the plan, at most every ``slow_poll`` while none is (a worker waiting on a long
+module costs next to nothing). Each poll reports only the keys that are new. Stores that
+list everything in one call (``github://``) list the whole namespace every time; stores that
+push (`StoreProfile.pushes`) are waited on, not polled. See docs/architecture.md, "The worker".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from ..stores.base import Store, StoreError
+from .events import Dead, Event, Listed
+from .keys import RunKeys
+from .liveness import Liveness
+
+__all__ = ["Watcher"]
+
+
+class Watcher(threading.Thread):
+    """Lists the store for one worker and posts `Listed` and `Dead` events to its loop.
+
+    Set `due` (monotonic seconds) to when the next result is expected; `stop` ends it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        keys: RunKeys,
+        liveness: Liveness,
+        post: Callable[[Event], None],
+        say: Callable[[str], None],
+        *,
+        slow_poll: float,
+    ) -> None:
+        super().__init__(name="ciflow-watch", daemon=True)
+        self.store = store
+        self.keys = keys
+        self.liveness = liveness
+        self.post = post
+        self.say = say
+        self.slow_poll = slow_poll
+        self.due: float | None = None
+        self._halt = threading.Event()
+        self._seen: set[str] = set()
+        self._results: set[str] = set()
+        self._workers: set[str] = set()
+        self._finished: set[str] = set()
+        self._failing: float | None = None
+        self._next_whole = 0.0
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        next_whole = 0.0
+        everything = self.store.profile.lists_everything
+        while not self._halt.is_set():
+            now = time.monotonic()
+            try:
+                if everything:
+                    keys = self.store.wait(self.keys.root, self._seen, self.slow_poll)
+                    self._whole(keys, self._blind(now))
+                elif now >= next_whole:
+                    self._whole(self.store.list(self.keys.root), self._blind(now))
+                    next_whole = time.monotonic() + self.slow_poll
+                else:
+                    self._next_whole = next_whole
+                    self._results_until(next_whole)
+            except StoreError as exc:  # the store is flaky: say so once, keep looking
+                if self._failing is None:
+                    self.say(f"warning: cannot list the store ({exc}); trying again")
+                    self._failing = now
+                self._halt.wait(min(self.slow_poll, 1.0))
+                continue
+            self._failing = None
+
+    def _blind(self, began: float) -> float:
+        """Seconds this observer could not see the store before the listing that just ended:
+        since its first failed try, or the listing's own time when retries made it long."""
+        took = time.monotonic() - began
+        if self._failing is not None:
+            return time.monotonic() - self._failing
+        return took if took > self.liveness.timeout / 4 else 0.0
+
+    def _whole(self, keys: list[str], blind: float = 0.0) -> None:
+        now = time.monotonic()
+        parse = self.keys.parse
+        for key in keys:
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            found = parse(key)
+            if found is None:
+                continue
+            if found.kind == "result":
+                self._results.add(key)
+            elif found.kind == "worker":
+                self._workers.add(found.worker)
+            elif found.kind == "done":
+                self._finished.add(found.worker)
+        self.liveness.refresh(keys, blind)
+        self.liveness.refresh_jobs()  # rate-limited; a no-op without a jobs API
+        dead = self.liveness.dead(self._workers, self._finished)
+        self.post(Listed(now, keys, whole=True))
+        self.post(Dead(now, frozenset(dead)))
+
+    def _results_until(self, deadline: float) -> None:
+        """Watch ``results/`` until something new appears or ``deadline`` passes."""
+        now = time.monotonic()
+        due = self.due
+        if self.store.profile.pushes or (due is not None and due <= now):
+            poll = self.store.poll  # a result is due: look closely
+        else:
+            poll = self.slow_poll
+            if due is not None:  # sleep until it is due, then look closely
+                deadline = min(deadline, max(due, now + self.store.poll))
+        if poll == self.slow_poll and not self.store.profile.pushes:
+            whole_next = deadline
+            self._halt.wait(max(0.0, deadline - now))
+            if self._halt.is_set() or whole_next >= self._next_whole:
+                return  # the whole listing comes next and sees the results too
+            keys = self.store.list(self.keys.results)
+        else:
+            keys = self.store.wait(self.keys.results, self._results, deadline - now, poll)
+        new = [k for k in keys if k not in self._results]
+        if new:
+            self._results.update(new)
+            self._seen.update(new)
+            self.post(Listed(time.monotonic(), new, whole=False))
