@@ -646,3 +646,37 @@ def test_a_module_that_runs_alone_has_the_whole_run_to_itself(
         if name != "m3":
             assert span["end"] <= solo["start"] or solo["end"] <= span["start"], (name, out)
     assert "quiet while m3 runs alone" in out
+
+
+STRESS_MODULE = """
+
+@ciflow.module(name="m{i}", depends_on={deps!r})
+def m{i}() -> None:
+    mark("m{i}", "start")
+"""
+
+
+@pytest.mark.parametrize("workers", [2, 16])
+def test_large_pipelines_on_many_workers_end_with_every_worker_ok(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    # the old worker read sets that its pool threads changed (a race): every run this size
+    # lost workers; now one thread owns what a worker knows
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(log))
+    width, layers = 16, 75
+    text = TEMPLATE
+    for i in range(width * layers):
+        layer = i // width
+        deps = (
+            [] if layer == 0 else [f"m{(layer - 1) * width + (i * 7 + k) % width}" for k in (0, 5)]
+        )
+        text += STRESS_MODULE.format(i=i, deps=sorted(set(deps)))
+    file = tmp_path / "stress.py"
+    file.write_text(text)
+    run, codes, _, out = distributed_run(tmp_path, file, workers, extra=["--jobs", "1"])
+    assert codes == [0] * workers, out[-3000:]
+    assert {r.outcome for r in run.records} == {Outcome.SUCCEEDED}
+    starts = [json.loads(line)[0] for line in log.read_text().splitlines()]
+    assert sorted(starts) == sorted(f"m{i}" for i in range(width * layers))  # each ran once
+    assert "Traceback" not in out

@@ -96,6 +96,7 @@ class ModuleExecutor:
         self._restore_lock = threading.Lock()
         self._upstream: dict[str, list[str]] = {}
         self._cancelled = False
+        self._shippers: set[str] | None = None
 
     def start(self, name: str, attempt: int, outcomes: Mapping[str, Outcome]) -> None:
         """Run ``name`` as ``attempt``; ``outcomes`` of its dependencies and upstream."""
@@ -108,12 +109,24 @@ class ModuleExecutor:
         """Modules ``name`` needs, transitively, that declare outputs (dependency order)."""
         found = self._upstream.get(name)
         if found is None:
-            mods = self.pipeline.modules
-            found = [
-                n for n in self.pipeline.requirements_of([name]) if n != name and mods[n].outputs
-            ]
-            self._upstream[name] = found
+            found = self._upstream[name] = self._shipping_ancestors(name)
         return found
+
+    def _shipping_ancestors(self, name: str) -> list[str]:
+        mods = self.pipeline.modules
+        if self._shippers is None:
+            self._shippers = {n for n, m in mods.items() if m.outputs}
+        if not self._shippers:
+            return []
+        seen: set[str] = set()
+        todo = [d.name for d in mods[name].depends_on]
+        while todo:
+            dep = todo.pop()
+            if dep in seen or dep not in mods:
+                continue
+            seen.add(dep)
+            todo.extend(d.name for d in mods[dep].depends_on)
+        return [n for n in self.pipeline.order if n in seen and n in self._shippers]
 
     def stop_all(self, reason: str, hard: bool) -> None:
         """Cancel what runs here; ``hard``: as a signal, so each module is handed back."""

@@ -106,8 +106,9 @@ class ClaimInfo:
     attempt: int
     seen_at: float
     holder: HeldBy | None = None
-    read: bool = False
+    read: bool = False  # its record was read (``holder`` is what it says)
     warned: bool = False
+    reading: bool = False  # a read was asked for and is not answered yet
 
 
 @dataclass

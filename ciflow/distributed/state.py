@@ -89,6 +89,9 @@ class WorkerState(Knowledge):
             case Listed():
                 self._listed(event, out)
             case Dead(dead=dead):
+                if dead - self.dead:
+                    self.dead = dead
+                    self._want_claims(event.now, out)  # whose claims to take over?
                 self.dead = dead
             case Capable(worker=worker, unable=unable, max_parallel=parallel):
                 self.unable[worker] = unable
@@ -190,14 +193,14 @@ class WorkerState(Knowledge):
         """Read the claims whose holder matters: someone died, we asked, or it is old."""
         for name in self.ready:
             info = self.claims.get(name)
-            if info is None or info.read or name in self.outcomes:
+            if info is None or info.read or info.reading or name in self.outcomes:
                 continue
             if (
                 self.dead
                 or name in self.asked
                 or now - info.seen_at > self.config.heartbeat_timeout
             ):
-                info.read = True
+                info.reading = True
                 out.append(ReadClaim(name, info.attempt))
 
     def _claim_read(self, event: ClaimRead) -> None:
@@ -205,7 +208,7 @@ class WorkerState(Knowledge):
         if info is None or event.attempt > info.attempt:
             info = self.claims[event.module] = ClaimInfo(event.attempt, event.now)
         if event.attempt == info.attempt:
-            info.holder, info.read = event.holder, True
+            info.holder, info.read, info.reading = event.holder, True, False
 
     def _cancelled(self, reason: str, out: list[Instruction]) -> None:
         if self.cancel is not None:
@@ -327,6 +330,8 @@ class WorkerState(Knowledge):
                     and self.plan.owner[name] == self.config.slot
                 ):
                     stealing.grant(self, name, now, out)
+                if name in self.plan.unable:
+                    self._check_servable(name, now, out)
                 return
         self.holds[name] = hold
         self.move(name, Phase.ACQUIRING)
