@@ -16,57 +16,31 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .._signals import catching_signals
 from ..errors import CiflowError, Interrupted, RequirementError
-from ..model.outcome import ModuleRecord, Outcome
 from ..model.pipeline import Pipeline
 from ..model.requirements import Capabilities, unmet
 from ..planning.planner import DistributedExecutionPlan
 from ..providers.github_jobs import GitHubJobs
-from ..stores.base import Store, StoreError, StoreUnavailable
+from ..stores.base import Store, StoreError
 from ..ui.console import Console
-from . import records
+from .actions import Actions
 from .events import (
-    Acquire,
-    Acquired,
-    AloneRead,
-    Ask,
-    CancelRead,
-    Capable,
-    ClaimRead,
-    Ended,
     Event,
     Finish,
-    GoQuiet,
-    Grant,
-    HeldBy,
-    Instruction,
-    ReadAlone,
-    ReadCancel,
-    ReadClaim,
-    ReadRegistration,
-    ReadResult,
-    Release,
-    Resolve,
-    ResultRead,
-    Say,
-    Start,
     Started,
     Stop,
-    StopRunning,
     Tick,
 )  # fmt: skip
-from .executor import Crashed, Identity, ModuleExecutor, failpoint
+from .executor import Crashed, Identity, ModuleExecutor
 from .keys import RunKeys
 from .knowledge import Config, PlanView, slot_of
 from .liveness import HeartbeatThread, Liveness, new_worker_id, register
-from .messages import Claim, Done, encode
-from .results import ResultCache, publish_result
+from .messages import Done, encode
+from .results import ResultCache
 from .state import WorkerState
 from .watch import Watcher
 
@@ -156,10 +130,7 @@ class Worker:
         self._inbox: queue.SimpleQueue[Event | Crashed] = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._signals = 0
-        self._leases: dict[str, list[str]] = {}
         self._warned_twice = False
-        self._state: WorkerState | None = None
-        self._executor: ModuleExecutor | None = None
         self._finish_at: dict[str, float] = {}
         self._drift = 0.0
         self._known = 0
@@ -299,14 +270,18 @@ class Worker:
         return WorkerState(plan=view, config=config, keys=self.keys)
 
     def _loop(self, plan: DistributedExecutionPlan, beats: HeartbeatThread) -> int:
-        state = self._state = self._machine(plan)
+        state = self._machine(plan)
         me = Identity(
             self.worker_id, self.options.slot, self.keys, self.options.workdir,
             self.options.keep_going,
         )  # fmt: skip
-        executor = self._executor = ModuleExecutor(
+        executor = ModuleExecutor(
             self.pipeline, self.store, self.results, me, self.console, self._inbox.put,
             self.options.jobs,
+        )  # fmt: skip
+        actions = Actions(
+            self.pipeline, self.store, self.results, me, executor, self.console, self._say,
+            state.outcomes,
         )  # fmt: skip
         watcher = Watcher(
             self.store, self.keys, self.liveness, self._inbox.put, self._say,
@@ -324,7 +299,7 @@ class Worker:
                     if isinstance(instruction, Finish):
                         code = instruction.code
                         continue
-                    answer = self._do(instruction)
+                    answer = actions.do(instruction)
                     if answer is not None:
                         pending.append(answer)
                 beats.running = state.running()
@@ -384,149 +359,5 @@ class Worker:
 
     # ------------------------------------------------------------------ instructions
 
-    def _do(self, ins: Instruction) -> Event | None:
-        handler = _HANDLERS[type(ins)]
-        return handler(self, ins)
-
-    def _read_result(self, ins: ReadResult) -> Event:
-        try:
-            outcome: Outcome | None = Outcome(self.results.load(ins.module).outcome)
-        except StoreError as exc:
-            if isinstance(exc, StoreUnavailable):
-                raise
-            self._say(f"warning: {exc}")
-            outcome = None
-        except ValueError:
-            outcome = None
-        return ResultRead(time.monotonic(), ins.module, outcome)
-
-    def _read_claim(self, ins: ReadClaim) -> Event:
-        holder = records.read_claim(self.store, self.keys, ins.module, ins.attempt)
-        return ClaimRead(time.monotonic(), ins.module, ins.attempt, holder)
-
-    def _read_registration(self, ins: ReadRegistration) -> Event:
-        reg = records.capabilities_of(self.store, self.keys, ins.worker)
-        names = self.pipeline.modules
-        if reg is None:
-            self._say(f"warning: the registration of {ins.worker} cannot be read")
-            return Capable(time.monotonic(), ins.worker, frozenset(names), 1)
-        offers = records.offered(reg)
-        unable = frozenset(n for n, m in names.items() if m.requires.missing(offers))
-        return Capable(time.monotonic(), ins.worker, unable, reg.max_parallel)
-
-    def _read_alone(self, ins: ReadAlone) -> Event:
-        lease = records.read_alone_lease(self.store, self.keys)
-        if lease is None:
-            return AloneRead(time.monotonic(), None)
-        return AloneRead(time.monotonic(), lease.module, lease.attempt, lease.worker)
-
-    def _read_cancel(self, ins: ReadCancel) -> Event | None:
-        record = records.read_cancel(self.store, self.keys)
-        return None if record is None else CancelRead(time.monotonic(), record.reason)
-
-    def _acquire(self, ins: Acquire) -> Event:
-        now = time.monotonic
-        taken: list[str] | None = []
-        if ins.resources:
-            taken = records.take_leases(
-                self.store, self.keys, self.worker_id, ins.module, ins.attempt, ins.resources,
-                ins.dead,
-            )  # fmt: skip
-        if taken is None:
-            return Acquired(now(), ins.module, ins.attempt, won=False)
-        if ins.claim:
-            claim = Claim(
-                module=ins.module, attempt=ins.attempt, worker=self.worker_id,
-                slot=self.options.slot, at=time.time(), takeover_from=ins.takeover_from,
-                deaths=ins.deaths,
-            )  # fmt: skip
-            won, holder = records.write_claim(self.store, self.keys, claim)
-            if not won:
-                for problem in records.drop_leases(self.store, taken):
-                    self._say(problem)
-                return Acquired(now(), ins.module, ins.attempt, won=False, holder=holder)
-        self._leases[ins.module] = taken
-        return Acquired(now(), ins.module, ins.attempt, won=True)
-
-    def _release(self, ins: Release) -> None:
-        for problem in records.drop_leases(self.store, self._leases.pop(ins.module, [])):
-            self._say(problem)
-
-    def _start(self, ins: Start) -> None:
-        assert self._state is not None and self._executor is not None
-        failpoint("after-claim", ins.module)
-        outcomes = self._state.outcomes
-        wanted = [d.name for d in self.pipeline.modules[ins.module].depends_on]
-        wanted += self._executor.upstream(ins.module)
-        self._executor.start(
-            ins.module, ins.attempt, {n: outcomes[n] for n in wanted if n in outcomes}
-        )
-
-    def _resolve(self, ins: Resolve) -> Event:
-        """Record the outcome of a module this worker holds that will not run."""
-        record = ModuleRecord(
-            ins.module, outcome=ins.outcome, worker=self.worker_id, slot=self.options.slot
-        )
-        if ins.outcome is Outcome.SKIPPED:
-            record.skip_reason = ins.reason
-        else:
-            record.error = ins.reason
-        self.console.module_finished(record)
-        assert self._executor is not None
-        self._executor.cancel_run(record)  # failed here (its workers died): fail-fast
-        written = publish_result(
-            self.store, self.keys, record, attempt=ins.attempt, worker=self.worker_id,
-            slot=self.options.slot, workdir=self.options.workdir, cache=self.results,
-        )  # fmt: skip
-        return _ended(ins.module, ins.attempt, ins.outcome, written)
-
-    def _ask(self, ins: Ask) -> None:
-        records.write_request(self.store, self.keys, ins.module, self.worker_id, self.options.slot)
-
-    def _grant(self, ins: Grant) -> Event:
-        slot = slot_of(ins.worker)
-        claim = Claim(
-            module=ins.module, attempt=1, worker=ins.worker, slot=-1 if slot is None else slot,
-            at=time.time(), granted_by=self.worker_id,
-        )  # fmt: skip
-        # only this slot's worker writes attempt 1 claims of its modules: no race to settle
-        if self.store.create(self.keys.claim(ins.module, 1), encode(claim), sole=True):
-            self._say(f"{ins.module} handed to {ins.worker}, which asked for it")
-            return ClaimRead(time.monotonic(), ins.module, 1, HeldBy(ins.worker))
-        holder = records.read_claim(self.store, self.keys, ins.module, 1)
-        return ClaimRead(time.monotonic(), ins.module, 1, holder)
-
-    def _go_quiet(self, ins: GoQuiet) -> None:
-        records.write_quiet(self.store, self.keys, ins.module, ins.attempt, self.worker_id)
-
-    def _stop_running(self, ins: StopRunning) -> None:
-        assert self._executor is not None
-        self._executor.stop_all(ins.reason, ins.hard)
-
-    def _say_line(self, ins: Say) -> None:
-        self._say(ins.text)
-
     def _say(self, text: str) -> None:
         self.console.message(f"[worker {self.options.slot}] {text}")
-
-
-def _ended(module: str, attempt: int, outcome: Outcome, written: bool) -> Event:
-    return Ended(time.monotonic(), module, attempt, outcome, written)
-
-
-_HANDLERS: dict[type, Callable[[Worker, Any], Event | None]] = {
-    ReadResult: Worker._read_result,
-    ReadClaim: Worker._read_claim,
-    ReadRegistration: Worker._read_registration,
-    ReadAlone: Worker._read_alone,
-    ReadCancel: Worker._read_cancel,
-    Acquire: Worker._acquire,
-    Release: Worker._release,
-    Start: Worker._start,
-    Resolve: Worker._resolve,
-    Ask: Worker._ask,
-    Grant: Worker._grant,
-    GoQuiet: Worker._go_quiet,
-    StopRunning: Worker._stop_running,
-    Say: Worker._say_line,
-}
