@@ -680,3 +680,84 @@ def test_large_pipelines_on_many_workers_end_with_every_worker_ok(
     starts = [json.loads(line)[0] for line in log.read_text().splitlines()]
     assert sorted(starts) == sorted(f"m{i}" for i in range(width * layers))  # each ran once
     assert "Traceback" not in out
+
+
+def test_a_module_that_kills_its_worker_fails_after_two_deaths_and_the_rest_go_on(
+    tmp_path: Path,
+) -> None:
+    file = tmp_path / "ciflow.py"
+    file.write_text(
+        "import os, time\nimport ciflow\n\n\n"
+        "@ciflow.module()\ndef boom() -> None:\n    os._exit(5)  # a segfault, the OOM killer\n\n\n"
+        "@ciflow.module()\ndef fine() -> int:\n    time.sleep(0.2)\n    return 1\n"
+    )
+    result, codes, _, out = _run_plan(
+        tmp_path, file, [["boom"], ["fine"], []], ["--keep-going", "--no-steal"]
+    )
+    outcomes = {r.name: r for r in result.records}
+    assert outcomes["fine"].outcome is Outcome.SUCCEEDED
+    assert outcomes["boom"].outcome is Outcome.FAILED, out
+    assert outcomes["boom"].error == "its worker died while running it 2 times"
+    assert sorted(codes).count(5) == 2  # two workers died running it; nobody else did
+    assert 1 in codes  # the worker that failed it reports the failure
+
+
+def test_sigterm_ends_a_worker_waiting_for_its_plan_at_once(
+    tmp_path: Path, pipelines: Path
+) -> None:
+    file = pipelines / "basic.py"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ciflow", "worker", "--slot", "0", "-f", str(file),
+         "--store", f"file://{tmp_path / 'store'}", "--run-id", "none"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert "registered as" in proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)  # not --plan-timeout (600 s)
+    assert proc.returncode == 130, out
+    assert "stopped while waiting for the plan" in out and "Traceback" not in out
+
+
+def test_an_archive_that_cannot_be_restored_fails_the_dependent_not_the_worker(
+    tmp_path: Path,
+) -> None:
+    from ciflow.distributed.dryrun import copy_workspaces
+
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    file = pipe / "ciflow.py"
+    file.write_text(
+        "import time\nimport ciflow\n\n\n"
+        "@ciflow.module(outputs=['out/*'])\ndef make(ctx: ciflow.Context) -> None:\n"
+        "    (ctx.workdir / 'out').mkdir()\n"
+        "    (ctx.workdir / 'out' / 'a.txt').write_text('a')\n\n\n"
+        "@ciflow.module()\ndef gate() -> None:\n    time.sleep(2.0)\n\n\n"
+        "@ciflow.module(depends_on=[make, gate])\ndef use() -> None:\n    pass\n"
+    )
+    store_dir = tmp_path / "store"
+    store = open_store(f"file://{store_dir}")
+    keys = RunKeys("test-run")
+    pipeline = load_pipeline(file)
+    plan = plan_pipeline(pipeline, [RunnerPool(count=2, os=None)])
+    entries = {m.name: m for s in plan.slots for m in s.modules}
+    plan.slots[0].modules = [entries["make"], entries["gate"]]
+    plan.slots[1].modules = [entries["use"]]
+    publish_plan(store, keys, plan)
+    procs = start_workers(
+        2, pipeline_file=file, store_url=f"file://{store_dir}", run_id="test-run",
+        extra=["--no-steal", "--keep-going", *FAST],
+        workspaces=copy_workspaces(pipe, tmp_path / "spaces", 2),
+    )  # fmt: skip
+    result = store_dir / "runs" / "test-run" / "results" / "make"
+    deadline = time.monotonic() + 30
+    while not result.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for archive in (store_dir / "runs" / "test-run" / "outputs" / "make").iterdir():
+        archive.write_bytes(b"not a zstd archive")  # while gate still runs
+    codes = supervise(procs, Console(io.StringIO(), live=False))
+    records = {r.name: r for r in read_run(store, keys, pipeline.order).records}
+    assert records["gate"].outcome is Outcome.SUCCEEDED
+    assert records["use"].outcome is Outcome.FAILED
+    assert "cannot prepare its inputs" in (records["use"].error or "")
+    assert codes == [0, 1]  # the worker lived to report it

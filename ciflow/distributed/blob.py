@@ -148,9 +148,6 @@ class ResultHeader(BaseModel):
     payload_sha256: str = ""
     payload_size: int = Field(default=0, ge=0)
     outputs: list[OutputRef] = Field(default_factory=list)
-    #: the shipped outputs of every module upstream of this one (module -> its archives), so
-    #: that a dependent restores its whole upstream's files having read only its direct deps
-    upstream_outputs: dict[str, list[OutputRef]] = Field(default_factory=dict)
 
 
 def encode_result(header: ResultHeader, payload: bytes, *, level: int = 3) -> bytes:

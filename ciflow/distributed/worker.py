@@ -138,7 +138,15 @@ class Worker:
     # ------------------------------------------------------------------ public
 
     def run(self) -> int:
-        """Register, run until every module of the plan has a result, deregister."""
+        """Register, run until every module of the plan has a result, deregister.
+
+        SIGTERM drains, SIGINT (or a second signal) stops hard, in every phase: registration,
+        the plan wait, the run.
+        """
+        with catching_signals(self._on_signal):
+            return self._run()
+
+    def _run(self) -> int:
         own_job = self._watch_jobs()
         if own_job is not None:
             self.worker_id = new_worker_id(self.options.slot, own_job)
@@ -155,10 +163,9 @@ class Worker:
             self._say(f"liveness: the jobs API watches job {own_job}; no heartbeats")
         code = 2
         try:
-            with catching_signals(self._on_signal):
-                plan = read_plan(self.store, self.keys, self.options.plan_timeout, self._stopped)
-                self._check_plan(plan)
-                code = self._loop(plan, beats)
+            plan = read_plan(self.store, self.keys, self.options.plan_timeout, self._stopped)
+            self._check_plan(plan)
+            code = self._loop(plan, beats)
         except Interrupted as exc:
             self._say(str(exc))
             code = exc.exit_code

@@ -1,0 +1,51 @@
+"""Liveness: a worker is taken for dead only on evidence the observer itself gathered."""
+
+from __future__ import annotations
+
+import secrets
+
+from ciflow.distributed.keys import RunKeys
+from ciflow.distributed.liveness import EVIDENCE, Liveness
+from ciflow.stores import open_store
+
+KEYS = RunKeys("live")
+
+
+def _beat(store_name: str, worker: str, seq: int) -> None:
+    open_store(store_name).create(KEYS.alive(worker, seq), b"{}")
+
+
+def test_a_silent_worker_is_dead_only_after_several_listings_saw_the_silence() -> None:
+    name = f"memory://live-{secrets.token_hex(4)}"
+    _beat(name, "w", 1)
+    live = Liveness(open_store(name), KEYS, timeout=0.0)
+    live.refresh()
+    assert live.dead(["w"]) == set()  # the timeout passed, but one listing is no evidence
+    for _ in range(EVIDENCE - 1):
+        live.refresh()
+        assert live.dead(["w"]) == set()
+    live.refresh()
+    assert live.dead(["w"]) == {"w"}
+
+
+def test_a_rising_beat_resets_the_evidence() -> None:
+    name = f"memory://live-{secrets.token_hex(4)}"
+    _beat(name, "w", 1)
+    live = Liveness(open_store(name), KEYS, timeout=0.0)
+    for _ in range(EVIDENCE):
+        live.refresh()
+    _beat(name, "w", 2)
+    live.refresh()
+    assert live.dead(["w"]) == set()
+
+
+def test_time_the_observer_could_not_reach_the_store_is_not_held_against_others() -> None:
+    name = f"memory://live-{secrets.token_hex(4)}"
+    _beat(name, "w", 1)
+    live = Liveness(open_store(name), KEYS, timeout=0.5)
+    live.refresh()
+    live.dead(["w"])
+    live.refresh(blind=3600.0)  # the observer was cut off: that hour does not count
+    for _ in range(EVIDENCE):
+        live.refresh()
+    assert live.dead(["w"]) == set()
