@@ -470,7 +470,7 @@ def run_gib(size: int, data: str, tmp: Path) -> GibFigures:
     from ciflow.distributed.keys import RunKeys
     from ciflow.distributed.orchestrator import publish_plan
     from ciflow.distributed.results import ResultCache
-    from ciflow.execution.engine import new_run_id
+    from ciflow.execution.runner import new_run_id
     from ciflow.model.pipeline import load_pipeline
     from ciflow.model.requirements import Capabilities
     from ciflow.planning.planner import RunnerPool, plan_pipeline

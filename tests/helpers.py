@@ -6,8 +6,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ciflow.execution.engine import Engine, RunResult
+from ciflow.execution.engine import Engine
 from ciflow.model.module import registered
+from ciflow.model.outcome import RunResult
 from ciflow.model.pipeline import Pipeline
 from ciflow.ui.console import Console
 

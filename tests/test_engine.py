@@ -17,11 +17,11 @@ from pydantic import BaseModel
 
 import ciflow
 from ciflow.errors import RequirementError
-from ciflow.execution.engine import Engine, RunResult, check_requirements
+from ciflow.execution.engine import Engine
 from ciflow.model.module import Module, registered
-from ciflow.model.outcome import Outcome
+from ciflow.model.outcome import Outcome, RunResult
 from ciflow.model.pipeline import Pipeline, Selection
-from ciflow.model.requirements import Capabilities
+from ciflow.model.requirements import Capabilities, check_requirements
 from ciflow.ui.console import Console
 
 
@@ -563,13 +563,13 @@ def test_check_requirements_names_module_and_missing_capability() -> None:
     pipeline = Pipeline(registered())
     caps = Capabilities(os="linux", arch="x86_64", tags=frozenset({"gpu"}))
     with pytest.raises(RequirementError) as info:
-        check_requirements(pipeline, ["win", "gpu"], caps)
+        check_requirements(pipeline.modules, ["win", "gpu"], caps)
     message = str(info.value)
     assert "'win' needs os windows (this machine: linux), tool 'ciflow-no-such-tool' on PATH" in (
         message
     )
     assert "gpu" not in message.split(";")[1]  # the tagged module is fine
-    check_requirements(pipeline, ["gpu"], caps)
+    check_requirements(pipeline.modules, ["gpu"], caps)
 
 
 def test_context_workdir_and_run_id(tmp_path: Path) -> None:

@@ -13,9 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ciflow
-from ciflow.execution.engine import RunResult
 from ciflow.execution.masking import MASK, MASKER, Masker
-from ciflow.model.outcome import Outcome
+from ciflow.model.outcome import Outcome, RunResult
 from ciflow.ui.console import Console
 from ciflow.ui.report import build_report
 from ciflow.ui.summary import render_summary

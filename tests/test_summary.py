@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ciflow.execution.engine import RunResult
 from ciflow.execution.masking import MASKER
-from ciflow.model.outcome import ModuleRecord, Outcome
+from ciflow.model.outcome import ModuleRecord, Outcome, RunResult
 from ciflow.ui.summary import render_summary, to_markdown, write_step_summary
 
 

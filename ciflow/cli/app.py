@@ -213,8 +213,8 @@ def run(
 ) -> None:
     """Run the pipeline on this machine, in parallel, and print a summary."""
     pipeline = _load(file, debug)
-    from ..execution.engine import Engine, check_requirements
-    from ..model.requirements import Capabilities
+    from ..execution.engine import Engine
+    from ..model.requirements import Capabilities, check_requirements
     from ..ui.console import Console
     from ..ui.report import build_report, write_report
     from ..ui.summary import render_summary, write_step_summary
@@ -222,7 +222,7 @@ def run(
     selection = pipeline.select(only or (), skip or (), category or ())
     active = [n for n in selection.names if n not in selection.skipped]
     tools = {t for n in active for t in pipeline.modules[n].requires.tools}
-    check_requirements(pipeline, active, Capabilities.detect(tools, tag or ()))
+    check_requirements(pipeline.modules, active, Capabilities.detect(tools, tag or ()))
     console = Console(verbose=not quiet)
     console.sources = _sources(pipeline)
     workdir = pipeline.folder

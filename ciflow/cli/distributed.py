@@ -384,7 +384,7 @@ def dry_run(
     from ..distributed.dryrun import copy_workspaces, parse_kill, start_workers, supervise
     from ..distributed.keys import RunKeys
     from ..distributed.orchestrator import publish_plan, wait_for_registrations
-    from ..execution.engine import new_run_id
+    from ..execution.runner import new_run_id
     from ..model.requirements import Capabilities
     from ..planning.history import History
     from ..planning.planner import RunnerPool, plan_pipeline

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import heapq
-import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,40 +21,20 @@ from .._gc import gc_paused
 from .._signals import catching_signals
 from ..model.outcome import ModuleRecord, Outcome, RunResult
 from ..model.pipeline import Pipeline, Selection
-from ..model.requirements import Capabilities
-from ..model.requirements import check_requirements as _check_requirements
 from .attempt import AttemptResult, Ending, run_attempt
 from .context import Context
 from .holdings import Holdings
 from .policy import DEPENDENCY_EFFECT as _DEP_OUTCOME
 from .policy import cannot_run, fail_fast_reason, settle
 from .process import KILL_GRACE, Cancellation
+from .runner import default_jobs, new_run_id
 
 if TYPE_CHECKING:
     from ..ui.console import Console
 
-# RunResult and check_requirements are re-exported for callers not yet moved to model/
-__all__ = ["Engine", "RunResult", "check_requirements", "default_jobs", "new_run_id"]
+__all__ = ["Engine"]
 
 _POLL = 0.05  # how often the timekeeping thread looks at signals when nothing else wakes it
-
-
-def check_requirements(
-    pipeline: Pipeline, names: list[str] | tuple[str, ...], caps: Capabilities
-) -> None:
-    """`ciflow.model.requirements.check_requirements` for a pipeline's modules."""
-    _check_requirements(pipeline.modules, names, caps)
-
-
-def default_jobs() -> int:
-    """Default parallelism: CPUs x 2, since CI modules mostly wait on subprocesses and I/O."""
-    return (os.cpu_count() or 1) * 2
-
-
-def new_run_id() -> str:
-    """A fresh run id (``CIFLOW_RUN_ID`` overrides it)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.environ.get("CIFLOW_RUN_ID") or f"{stamp}-{uuid.uuid4().hex[:8]}"
 
 
 class _Attempt:
@@ -88,10 +66,6 @@ class Engine:
         environ: Mapping[str, str] | None = None,
         kill_grace: float = KILL_GRACE,
         handle_signals: bool = True,
-        provided: Mapping[str, Any] | None = None,
-        worker: str | None = None,
-        slot: int | None = None,
-        announce: bool = True,
     ) -> None:
         if console is None:
             from ..ui.console import Console
@@ -107,10 +81,6 @@ class Engine:
         self.environ = environ
         self.kill_grace = kill_grace
         self.handle_signals = handle_signals
-        self.provided = dict(provided or {})  # results of dependencies run elsewhere
-        self.worker = worker
-        self.slot = slot
-        self.announce = announce
         self._external_cancel: str | None = None
 
         with gc_paused():
@@ -122,7 +92,7 @@ class Engine:
         self._names = names
         self._mods = [pipeline.modules[n] for n in names]
         self._bindings = [pipeline.bindings[n] for n in names]
-        self._records = [ModuleRecord(n, worker=self.worker, slot=self.slot) for n in names]
+        self._records = [ModuleRecord(n) for n in names]
         count = len(names)
         self._index = index
         self._succ: list[list[int]] = [[] for _ in range(count)]
@@ -164,8 +134,7 @@ class Engine:
     def run(self) -> RunResult:
         """Run the selection to the end; returns the records. Never raises for module failures."""
         started = time.time()
-        if self.announce:
-            self.console.run_started(self.run_id, len(self._names), self.jobs)
+        self.console.run_started(self.run_id, len(self._names), self.jobs)
         # The pipeline's objects live for the whole run: keep the cyclic GC from rescanning them.
         gc.freeze()
         try:
@@ -423,8 +392,8 @@ class Engine:
 
     def _dep_value(self, dep_name: str) -> Any:
         j = self._index.get(dep_name)
-        if j is None:  # run elsewhere, or an optional dependency that was not selected
-            return self.provided.get(dep_name)
+        if j is None:  # an optional dependency that was not selected
+            return None
         return self._values[j] if self._records[j].outcome in _HAS_VALUE else None
 
     def _complete(self, i: int, attempt: _Attempt, result: AttemptResult) -> None:

@@ -8,8 +8,10 @@ a cancellation is abandoned after a grace period instead of holding its caller f
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,18 @@ from .process import KILL_GRACE, Cancellation
 if TYPE_CHECKING:
     from ..ui.console import Console
 
-__all__ = ["ModuleRun", "RunSettings", "run_module"]
+__all__ = ["ModuleRun", "RunSettings", "default_jobs", "new_run_id", "run_module"]
+
+
+def default_jobs() -> int:
+    """Default parallelism: CPUs x 2, since CI modules mostly wait on subprocesses and I/O."""
+    return (os.cpu_count() or 1) * 2
+
+
+def new_run_id() -> str:
+    """A fresh run id (``CIFLOW_RUN_ID`` overrides it)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.environ.get("CIFLOW_RUN_ID") or f"{stamp}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)

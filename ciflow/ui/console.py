@@ -16,7 +16,7 @@ from ..execution.masking import MASKER, Masker
 from ..model.outcome import ModuleRecord, Outcome
 
 if TYPE_CHECKING:
-    from ..execution.engine import RunResult
+    from ..model.outcome import RunResult
 
 __all__ = ["Console"]
 

@@ -14,9 +14,8 @@ from pydantic import BaseModel, ConfigDict
 
 from .._files import atomic_write_text
 from ..errors import CiflowError, UsageError
-from ..execution.engine import RunResult
 from ..execution.masking import MASKER
-from ..model.outcome import Outcome
+from ..model.outcome import Outcome, RunResult
 
 __all__ = ["SCHEMA_VERSION", "ModuleReport", "RunReport", "build_report", "write_report"]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from ..execution.engine import RunResult
 from ..execution.masking import MASKER
-from ..model.outcome import ModuleRecord, Outcome
+from ..model.outcome import ModuleRecord, Outcome, RunResult
 from .console import format_duration
 
 __all__ = ["render_summary", "store_calls", "to_markdown", "write_step_summary"]
