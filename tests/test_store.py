@@ -404,14 +404,14 @@ def test_root_is_a_file_is_unavailable(tmp_path: Path) -> None:
 
 def test_os_errors_become_store_errors(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
     store.create("k", b"x")
-    real_open = open
+    real_open = os.open
 
-    def denied(path: object, *args: object, **kwargs: object) -> object:
+    def denied(path: object, flags: int, *args: object, **kwargs: object) -> object:
         if str(path).startswith(str(store.root)):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("builtins.open", denied)
+    monkeypatch.setattr("os.open", denied)
     with pytest.raises(StoreUnavailable, match="is not readable.*fix its permissions"):
         store.get("k")
 
@@ -442,3 +442,22 @@ def test_open_store_plain_path_and_url(tmp_path: Path, monkeypatch: pytest.Monke
     assert isinstance(open_store("s"), FileStore) and open_store("s").get("k") == b"v"
     localhost = FileStore(f"file://localhost{tmp_path / 's'}")
     assert localhost.root == tmp_path / "s"
+
+
+def test_links_planted_in_the_store_folder_are_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("not the store's")
+    root = tmp_path / "store"
+    store = open_store(f"file://{root}")
+    assert store.create("runs/r/results/a", b"1")
+    (root / "runs" / "r" / "results" / "planted").symlink_to(outside / "secret")
+    (root / "runs" / "r" / "elsewhere").symlink_to(outside)
+    assert store.list("runs/r/") == ["runs/r/results/a"]  # links are not keys
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.get("runs/r/results/planted")
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.get("runs/r/elsewhere/secret")
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.create("runs/r/elsewhere/new", b"x")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]  # nothing written there

@@ -17,6 +17,7 @@ and `FileStore.list` skips them. A key cannot also be a folder of other keys (``
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import hashlib
@@ -24,7 +25,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -60,6 +61,7 @@ _NO_LINKS = frozenset(
 #: errors of ``fsync`` that only mean "not supported here" (some FUSE and network file systems)
 _NO_FSYNC = frozenset({errno.EINVAL, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EINVAL)})
 _O_BINARY: int = getattr(os, "O_BINARY", 0)
+_O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 
 
 def root_from_url(url: str) -> Path:
@@ -85,6 +87,9 @@ class FileStore(Store):
         super().__init__(url)
         self.root = root_from_url(url)
         self._links = True  # False once the file system refused a hard link
+        self._real_root = os.path.realpath(self.root)
+        # folder -> (its names, its keys, its sub-folders) as last listed
+        self._folders: dict[str, tuple[frozenset[str], builtins.list[str], builtins.list[str]]] = {}
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -199,8 +204,9 @@ class FileStore(Store):
             return []
         start = self.root.joinpath(*head.split("/")) if head else self.root
         base = f"{head}/" if head else ""
+        keys: builtins.list[str] = []
         try:
-            keys = list(self._walk(start, base, tail))
+            self._walk(str(start), base, tail, keys)
         except OSError as exc:
             raise self._unavailable(exc, writing=False) from exc
         keys.sort()
@@ -238,6 +244,8 @@ class FileStore(Store):
             raise self._blocked(key, exc) from exc
         except OSError as exc:
             raise self._unavailable(exc, writing=True) from exc
+        if not self._beneath(final.parent):
+            raise self._planted(key, final.parent)
         tmp = final.with_name(f".{final.name[:120]}.tmp~{secrets.token_hex(8)}")
         try:
             try:
@@ -288,34 +296,85 @@ class FileStore(Store):
             raise self._unavailable(exc, writing=True, path=final.parent) from exc
 
     def _open(self, key: str) -> BinaryIO | None:
-        """The value file of ``key`` opened for reading, or None if the key is absent."""
+        """The value file of ``key`` opened for reading, or None if the key is absent.
+
+        A link planted in the store (the value or a folder on its way) is refused, never
+        followed.
+        """
         final = self._path(key)
         try:
-            return open(final, "rb")
+            fd = os.open(final, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._planted(key, final) from None
             if os.path.isdir(final):  # Windows answers "permission denied" for folders
                 return None
             raise self._unavailable(exc, writing=False) from exc
+        if stat.S_ISDIR(os.fstat(fd).st_mode):  # a folder of other keys, not a value
+            os.close(fd)
+            return None
+        src = os.fdopen(fd, "rb")
+        if not self._beneath(final.parent):
+            src.close()
+            raise self._planted(key, final.parent)
+        return src
 
-    def _walk(self, folder: Path, base: str, start: str) -> Iterator[str]:
-        """Keys in ``folder`` (named ``base`` as a key prefix) whose first part starts so."""
+    def _beneath(self, folder: Path) -> bool:
+        """Is ``folder`` (no link on the way) inside the store's folder?"""
+        real = os.path.realpath(folder)
+        return real == self._real_root or real.startswith(self._real_root + os.sep)
+
+    def _planted(self, key: str, where: Path) -> StoreError:
+        return StoreError(
+            f"{where} in the store is a symbolic link (key {key!r}); the store never follows "
+            "links planted in its folder: delete the link"
+        )
+
+    def _walk(self, folder: str, base: str, start: str, out: builtins.list[str]) -> None:
+        """Add to ``out`` the keys in ``folder`` (named ``base``) whose first part starts so.
+
+        Links are never followed (a link planted in the store is not a key). What a folder
+        held is remembered: when its names are the same as last time, its keys are reused
+        without looking at each entry again (a poll of 1,000 results costs about 0.2 ms).
+        """
         try:
-            entries = list(os.scandir(folder))
+            names = os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError):
             return
-        for entry in entries:
-            name = entry.name
-            if not name.startswith(start) or not _PART.fullmatch(name) or name in (".", ".."):
+        now = frozenset(names)
+        seen = self._folders.get(folder)
+        if seen is None or seen[0] != now:
+            seen = self._folders[folder] = (now, *self._entries(folder, base, names))
+        _, files, folders = seen
+        if start:
+            out.extend(k for k in files if k.startswith(start, len(base)))
+        else:
+            out.extend(files)
+        for name in folders:
+            if name.startswith(start):
+                self._walk(os.path.join(folder, name), f"{base}{name}/", "", out)
+
+    @staticmethod
+    def _entries(
+        folder: str, base: str, names: builtins.list[str]
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
+        """The keys (files) and sub-folders among ``names``; temp files and links left out."""
+        files: builtins.list[str] = []
+        folders: builtins.list[str] = []
+        for name in sorted(names):
+            if not _PART.fullmatch(name) or name in (".", ".."):
                 continue  # temp files and the lock folder contain "~"
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    yield from self._walk(Path(entry.path), f"{base}{name}/", "")
-                elif entry.is_file():
-                    yield f"{base}{name}"
+                mode = os.lstat(os.path.join(folder, name)).st_mode
             except FileNotFoundError:
                 continue  # deleted while listing
+            if stat.S_ISREG(mode):
+                files.append(base + name)
+            elif stat.S_ISDIR(mode):
+                folders.append(name)
+        return files, folders
 
     def _unavailable(
         self, exc: OSError, *, writing: bool, path: Path | None = None
