@@ -229,3 +229,17 @@ def test_signal_cancels_kills_the_tree_and_exits_130(
         "sleeps": "cancelled",
         "cleanup": "succeeded",
     }
+
+
+def test_plan_prices_transfers_by_the_scheme_of_its_store(tmp_path: Path) -> None:
+    pipeline = tmp_path / "ciflow.py"
+    pipeline.write_text("import ciflow\n\n\n@ciflow.module()\ndef a() -> None:\n    pass\n")
+    for url, kind in ((f"file://{tmp_path / 's'}", "file"), ("memory://plan-kind", "memory")):
+        result = runner.invoke(
+            app, ["plan", "-f", str(pipeline), "--workers", "1", "--store", url,
+                  "--run-id", "r", "--json"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["inputs"]["transfer"]["store"] == kind
+    result = runner.invoke(app, ["plan", "-f", str(pipeline), "--store-kind", "github"])
+    assert result.exit_code == 2  # the option is gone: the store's URL says it

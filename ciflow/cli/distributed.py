@@ -67,15 +67,6 @@ def plan_(
         typer.Option("--category", metavar="CATEGORY", help="Plan the modules of this category."),
     ] = None,
     history: HistoryOption = None,
-    store_kind: Annotated[
-        str,
-        typer.Option(
-            "--store-kind",
-            metavar="KIND",
-            help="Store the run will use, for transfer costs: file, github, github-cache, "
-            "redis, http.",
-        ),
-    ] = "file",
     latency: Annotated[
         float | None,
         typer.Option("--latency", metavar="SECONDS", help="Per-transfer latency override."),
@@ -163,9 +154,10 @@ def plan_(
         base = pipeline.folder
         pools, _ = load_pools(base)
     selection = pipeline.select(only or (), skip or (), category or ())
-    transfer = Transfer.for_store(
-        store_kind, latency, None if bandwidth is None else bandwidth * 1e6
-    )
+    from ..stores.registry import backend_for
+
+    kind = backend_for(store).scheme if store is not None else "file"  # prices transfers
+    transfer = Transfer.for_store(kind, latency, None if bandwidth is None else bandwidth * 1e6)
     result = plan_pipeline(
         pipeline,
         pools,
