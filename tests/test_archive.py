@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import pyzstd
 
-from ciflow.distributed.archive import ArchiveError, ArchiveInfo, pack_outputs, unpack_outputs
+from ciflow.distributed.archive import ArchiveError, ArchiveInfo, pack_outputs
+from ciflow.distributed.restore import unpack_outputs
 from ciflow.errors import CiflowError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -418,7 +419,8 @@ CHILD = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from ciflow.distributed.archive import pack_outputs, unpack_outputs
+    from ciflow.distributed.archive import pack_outputs
+    from ciflow.distributed.restore import unpack_outputs
 
     root = Path(sys.argv[1])
     big = root / "ws" / "out" / "big.bin"

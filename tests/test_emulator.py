@@ -668,3 +668,20 @@ def test_cli_prints_exports_and_serves_until_interrupted(tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_cli_stopped_by_sigterm_or_sighup_removes_its_folder(sig: int, tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ciflow.testing.emulator"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    while "serving" not in (line := proc.stderr.readline()):
+        assert line, "the emulator ended before serving"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("ciflow-emulator-")]
+    proc.send_signal(sig)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("ciflow-emulator-")]

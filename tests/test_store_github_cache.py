@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from store_contract import INVALID_KEYS, file_sha256, write_blob
 
-import ciflow.testing.emulator as emulator_module
+import ciflow.testing.emulator.http as emulator_module
 from ciflow.errors import UsageError
 from ciflow.stores import StoreError, StoreUnavailable, open_store
 from ciflow.stores.github.cache import CACHE_VERSION, KEY_MAX, GitHubCacheStore

@@ -13,15 +13,19 @@ from typer.core import TyperGroup
 
 from .._version import __version__
 from ..errors import CiflowError
+from .options import (
+    DebugOption,
+    FileOption,
+    HistoryOption,
+    _history_path,
+    _load,
+    _sources,
+)
 
 if TYPE_CHECKING:
-    from ..model.pipeline import Pipeline
+    pass
 
 __all__ = ["app", "main"]
-
-
-class _State:
-    debug = False
 
 
 # Commands defined in cli_distributed.py, imported only when one of them runs (or for --help).
@@ -44,19 +48,24 @@ class _Group(TyperGroup):
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: Any) -> Any:
+        rest = [
+            *getattr(ctx, "_protected_args", ()),
+            *getattr(ctx, "protected_args", ()),
+            *ctx.args,
+        ]
         try:
             return super().invoke(ctx)
         except CiflowError as exc:
-            _fail(exc)
+            _fail(exc, debug=bool(ctx.params.get("debug")) or "--debug" in rest)
         except KeyboardInterrupt:
             typer.echo("ciflow: interrupted", err=True)
             raise typer.Exit(130) from None
 
 
-def _fail(exc: CiflowError) -> None:
+def _fail(exc: CiflowError, debug: bool) -> None:
     from ..execution.masking import MASKER
 
-    if _State.debug:
+    if debug:
         import traceback
 
         typer.echo(MASKER.mask("".join(traceback.format_exception(exc))), err=True)
@@ -99,62 +108,7 @@ def _root(
 
     Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline error, 130 interrupted.
     """
-    _State.debug = debug
-
-
-FileOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--file",
-        "-f",
-        metavar="FILE",
-        help="The pipeline file [default: ./ciflow.py].",
-        dir_okay=False,
-        envvar="CIFLOW_FILE",
-    ),
-]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
-HistoryOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--history",
-        metavar="PATH",
-        help="Duration history file [default: .ciflow/history.json beside the pipeline file].",
-        envvar="CIFLOW_HISTORY",
-    ),
-]
-
-
-def _sources(pipeline: "Pipeline") -> dict[str, tuple[str, int]]:
-    """Each module's file (relative to the working directory where possible) and line."""
-    found = {}
-    for name, mod in pipeline.modules.items():
-        code = getattr(mod.fn, "__code__", None)
-        if code is not None:
-            path = Path(code.co_filename)
-            try:
-                path = path.relative_to(Path.cwd())
-            except ValueError:
-                pass
-            found[name] = (str(path), code.co_firstlineno)
-    return found
-
-
-def _history_path(pipeline: "Pipeline", given: Path | None) -> Path:
-    from ..planning.history import DEFAULT_PATH
-
-    if given is not None:
-        return given
-    base = pipeline.folder
-    return base / DEFAULT_PATH
-
-
-def _load(file: Path | None, debug: bool) -> "Pipeline":
-    if debug:
-        _State.debug = True
-    from ..model.pipeline import load_pipeline
-
-    return load_pipeline(file)
+    del debug  # read again by _Group.invoke when an error needs it
 
 
 @app.command()

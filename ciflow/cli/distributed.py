@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import UsageError
-from .app import DebugOption, FileOption, HistoryOption, _history_path, _load, _sources
+from .options import DebugOption, FileOption, HistoryOption, _history_path, _load, _sources
 
 if TYPE_CHECKING:
     from ..distributed.keys import RunKeys

@@ -1,8 +1,8 @@
-"""Declared outputs as streamed zstd-compressed tar archives (DESIGN.md §5 step 3, §7).
+"""Declared outputs as streamed zstd-compressed tar archives (docs/architecture.md).
 
 `pack_outputs` expands a module's output patterns inside its workspace and streams the files
-into a ``.tar.zst`` file; `unpack_outputs` restores such an archive into another workspace. Both
-stream in chunks, so moving a 1 GiB output needs a few MiB of memory, never the file.
+into a ``.tar.zst`` file; `restore.unpack_outputs` restores such an archive into another
+workspace. Both stream in chunks, so moving a 1 GiB output needs a few MiB of memory.
 
 Pattern rules (relative to the workspace, ``/``-separated)::
 
@@ -14,26 +14,16 @@ Packing never follows a symlink while walking: a symlink that matches is stored 
 only if it points inside the workspace (absolute targets inside are rewritten as relative);
 otherwise `ArchiveError`. Fifos, sockets and devices are refused too. Members store relative
 paths, permission bits (``0o777``) and mtimes; owners are not stored.
-
-Unpacking checks every member before it touches the disk and refuses (with `ArchiveError`,
-extracting nothing further) absolute paths, ``..`` components, symlinks and hardlinks whose
-target lies outside the workspace, paths through a symlink that leaves it, overwriting a symlink
-that points outside, and device files or fifos. A file is written under a temporary name and
-renamed only when complete, so a failure never leaves a partial file under its final name.
-Members that were extracted before a refused one stay. Python's own ``tarfile.data_filter`` is
-applied as a second check where it exists; ``extract()`` is never used, so no tarfile filter
-warnings are involved on any Python version.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -41,7 +31,7 @@ from typing import IO, Any, BinaryIO, cast
 
 from ..errors import CiflowError
 
-__all__ = ["ArchiveError", "ArchiveInfo", "pack_outputs", "unpack_outputs"]
+__all__ = ["ArchiveError", "ArchiveInfo", "pack_outputs"]
 
 _CHUNK = 1024 * 1024
 _MAGIC_CHARS = frozenset("*?[")
@@ -98,25 +88,10 @@ def pack_outputs(
     """
     import pyzstd
 
-    workdir = Path(workdir)
     dest = Path(dest)
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    try:
-        root_real = Path(os.path.realpath(workdir, strict=True))
-    except OSError as exc:
-        raise ArchiveError(f"cannot pack outputs: workspace {workdir} is missing ({exc})") from None
-    if not root_real.is_dir():
-        raise ArchiveError(f"cannot pack outputs: workspace {workdir} is not a directory")
-    walker = _Walker(workdir, root_real, skip={os.path.realpath(dest)})
-    entries: dict[str, _Entry] = {}
-    matches: dict[str, int] = {}
-    for pattern in patterns:
-        found = walker.expand(pattern)
-        matches[pattern] = len(found)
-        for entry in found:
-            entries.setdefault(entry.rel, entry)
-
+    entries, matches = _expand(
+        Path(workdir), [patterns] if isinstance(patterns, str) else patterns, dest
+    )
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     file_bytes = 0
@@ -155,6 +130,27 @@ def pack_outputs(
         file_bytes=file_bytes,
         matches=matches,
     )
+
+
+def _expand(
+    workdir: Path, patterns: Sequence[str], dest: Path
+) -> tuple[dict[str, _Entry], dict[str, int]]:
+    """What ``patterns`` match in ``workdir`` (by relative path), and how many each matched."""
+    try:
+        root_real = Path(os.path.realpath(workdir, strict=True))
+    except OSError as exc:
+        raise ArchiveError(f"cannot pack outputs: workspace {workdir} is missing ({exc})") from None
+    if not root_real.is_dir():
+        raise ArchiveError(f"cannot pack outputs: workspace {workdir} is not a directory")
+    walker = _Walker(workdir, root_real, skip={os.path.realpath(dest)})
+    entries: dict[str, _Entry] = {}
+    matches: dict[str, int] = {}
+    for pattern in patterns:
+        found = walker.expand(pattern)
+        matches[pattern] = len(found)
+        for entry in found:
+            entries.setdefault(entry.rel, entry)
+    return entries, matches
 
 
 def _forget_members(tar: tarfile.TarFile) -> None:
@@ -383,240 +379,3 @@ def _kind(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "device file"
     return "special file"
-
-
-# --------------------------------------------------------------------------- unpacking
-
-
-def unpack_outputs(src: Path, workdir: Path, *, expected_sha256: str | None) -> list[Path]:
-    """Restore the ``.tar.zst`` archive ``src`` into ``workdir``; return the paths written.
-
-    With ``expected_sha256`` the archive is hashed first (streamed) and refused on mismatch
-    before anything is extracted. Raises `ArchiveError`.
-    """
-    import pyzstd
-
-    src = Path(src)
-    workdir = Path(workdir)
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        root_real = Path(os.path.realpath(workdir, strict=True))
-        raw = open(src, "rb")  # closed by the with below
-    except OSError as exc:
-        raise ArchiveError(f"cannot unpack output archive {src}: {exc}") from None
-    with raw:
-        if expected_sha256 is not None:
-            got = _sha256_of(raw, src)
-            if got != expected_sha256.lower():
-                raise ArchiveError(
-                    f"output archive {src} is corrupted: sha256 mismatch (expected "
-                    f"{expected_sha256[:12]}…, got {got[:12]}…); nothing was extracted"
-                )
-            raw.seek(0)
-        extracted: list[Path] = []
-        state = _Unpack(src, workdir, root_real)
-        try:
-            with (
-                pyzstd.ZstdFile(raw, "r") as zf,
-                tarfile.open(fileobj=cast(IO[bytes], zf), mode="r|", bufsize=_CHUNK) as tar,
-            ):
-                while (member := tar.next()) is not None:
-                    _forget_members(tar)
-                    path = state.extract(tar, member)
-                    if path is not None:
-                        extracted.append(path)
-                _check_end(tar)
-        except (tarfile.TarError, pyzstd.ZstdError, EOFError) as exc:
-            raise ArchiveError(f"output archive {src} is damaged: {exc}") from None
-    return extracted
-
-
-def _sha256_of(fh: IO[bytes], src: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    except OSError as exc:
-        raise ArchiveError(f"cannot read output archive {src}: {exc}") from None
-    return h.hexdigest()
-
-
-def _check_end(tar: tarfile.TarFile) -> None:
-    """After the last member only zero padding may follow (else a header was damaged)."""
-    stream: Any = tar.fileobj
-    while chunk := stream.read(_CHUNK):
-        if chunk.strip(b"\x00"):
-            raise tarfile.ReadError("a member header is damaged (data after the end marker)")
-
-
-class _Unpack:
-    """Member-by-member checks and extraction for one archive."""
-
-    def __init__(self, src: Path, workdir: Path, root_real: Path) -> None:
-        self.src = src
-        self.workdir = workdir
-        self.root = root_real
-        self.files: dict[str, Path] = {}  # regular files extracted so far, for hardlinks
-
-    def refuse(self, member: tarfile.TarInfo, reason: str) -> ArchiveError:
-        return ArchiveError(
-            f"refusing to extract {member.name!r} from {self.src}: {reason}; "
-            "nothing further was extracted"
-        )
-
-    def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> Path | None:
-        parts = self.parts(member, member.name, "path")
-        if not parts:
-            if member.isdir():
-                return None  # "." or "./": the workspace itself
-            raise self.refuse(member, "empty name")
-        rel = "/".join(parts)
-        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-            raise self.refuse(
-                member,
-                f"it is a {_member_kind(member)}; only files, directories and links can be outputs",
-            )
-        source: Path | None = None
-        if member.issym():
-            self.check_symlink(member, parts)
-        elif member.islnk():
-            source = self.link_source(member)
-        try:
-            parent = self.parent(member, parts[:-1])  # creates only checked folders
-            final = parent / parts[-1]
-            self.check_target(member, final)
-            if hasattr(tarfile, "data_filter"):  # Python's own checks, as a second opinion
-                try:
-                    tarfile.data_filter(member, str(self.root))
-                except tarfile.TarError as exc:  # FilterError
-                    raise self.refuse(member, str(exc)) from None
-            if member.isdir():
-                if not os.path.isdir(final):
-                    os.mkdir(final)
-                    os.chmod(final, (member.mode & 0o777) | 0o700)
-            elif member.isreg():
-                self.write_file(tar, member, final)
-                self.files[rel] = final
-            elif member.issym():
-                self.place(final, lambda tmp: os.symlink(member.linkname, tmp))
-                with contextlib.suppress(NotImplementedError, OSError):
-                    os.utime(final, (member.mtime, member.mtime), follow_symlinks=False)
-            elif source is not None:
-                link_source = source
-                self.place(final, lambda tmp: os.link(link_source, tmp, follow_symlinks=False))
-        except OSError as exc:
-            raise ArchiveError(
-                f"cannot extract {member.name!r} from {self.src}: {exc}; nothing further was "
-                "extracted"
-            ) from None
-        return self.workdir.joinpath(*parts)
-
-    def parts(self, member: tarfile.TarInfo, name: str, what: str) -> list[str]:
-        """Check a member path (or hardlink target) and split it into components."""
-        if "\x00" in name:
-            raise self.refuse(member, f"NUL byte in the {what}")
-        if name.startswith("/") or os.path.isabs(name) or (os.sep != "/" and ":" in name):
-            raise self.refuse(member, f"absolute {what} {name!r}")
-        if os.sep != "/" and os.sep in name:
-            raise self.refuse(member, f"{os.sep!r} in the {what}")
-        parts = [p for p in name.split("/") if p not in ("", ".")]
-        if ".." in parts:
-            raise self.refuse(member, f"'..' in the {what} would leave the workspace")
-        return parts
-
-    def check_symlink(self, member: tarfile.TarInfo, parts: list[str]) -> None:
-        target = member.linkname
-        if not target:
-            raise self.refuse(member, "symlink with an empty target")
-        if target.startswith("/") or os.path.isabs(target) or "\x00" in target:
-            raise self.refuse(member, f"symlink to the absolute path {target!r}")
-        lexical = os.path.normpath(os.path.join(*parts[:-1], target) if parts[:-1] else target)
-        real = os.path.realpath(os.path.join(self.root, *parts[:-1], target))
-        if lexical == ".." or lexical.startswith("../") or not _inside(real, str(self.root)):
-            raise self.refuse(member, f"symlink to {target!r} points outside the workspace")
-
-    def parent(self, member: tarfile.TarInfo, parts: list[str]) -> Path:
-        """Create the member's parent folders safely; return the real parent path."""
-        current = self.root
-        for i, part in enumerate(parts):
-            path = current / part
-            shown = "/".join(parts[: i + 1])
-            if os.path.islink(path):
-                real = os.path.realpath(path)
-                if not _inside(real, str(self.root)):
-                    raise self.refuse(
-                        member, f"{shown} is a symlink to {real}, outside the workspace"
-                    )
-                if not os.path.isdir(real):
-                    raise self.refuse(member, f"{shown} is not a directory")
-                current = Path(real)
-            elif os.path.lexists(path):
-                if not os.path.isdir(path):
-                    raise self.refuse(member, f"{shown} is not a directory")
-                current = path
-            else:
-                os.mkdir(path)
-                current = path
-        return current
-
-    def check_target(self, member: tarfile.TarInfo, final: Path) -> None:
-        if os.path.islink(final):
-            real = os.path.realpath(final)
-            if not _inside(real, str(self.root)):
-                raise self.refuse(
-                    member, f"it would replace a symlink to {real}, outside the workspace"
-                )
-        elif os.path.isdir(final) and not member.isdir():
-            raise self.refuse(member, "a directory is in the way")
-
-    def link_source(self, member: tarfile.TarInfo) -> Path:
-        parts = self.parts(member, member.linkname, "hardlink target")
-        source = self.files.get("/".join(parts))
-        if source is None or os.path.islink(source) or not os.path.isfile(source):
-            raise self.refuse(
-                member,
-                f"hardlink to {member.linkname!r}, which is not a file extracted earlier "
-                "from this archive",
-            )
-        return source
-
-    def write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, final: Path) -> None:
-        source = tar.extractfile(member)
-        if source is None:  # pragma: no cover - isreg() members always have data
-            raise self.refuse(member, "no data")
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-        try:
-            with open(fd, "wb") as out:
-                while chunk := source.read(_CHUNK):
-                    out.write(chunk)
-            os.chmod(tmp, member.mode & 0o777)
-            os.utime(tmp, (member.mtime, member.mtime))
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def place(self, final: Path, make: Callable[[Path], None]) -> None:
-        """Create a link under a temporary name with ``make(tmp)``, then rename it to final."""
-        for attempt in range(100):
-            tmp = final.with_name(f".{final.name}.{os.getpid()}.{attempt}.part")
-            try:
-                make(tmp)
-            except FileExistsError:
-                continue
-            try:
-                os.replace(tmp, final)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            return
-        raise FileExistsError(f"no free temporary name next to {final}")
-
-
-def _member_kind(member: tarfile.TarInfo) -> str:
-    if member.isfifo():
-        return "fifo"
-    if member.ischr() or member.isblk():
-        return "device file"
-    return f"member of unsupported type {member.type!r}"

@@ -37,7 +37,6 @@ __all__ = ["Crashed", "ModuleExecutor", "failpoint"]
 
 #: the cancel reason of a module stopped by a signal: it is handed back, not published
 HANDED_BACK = "stopped by a signal"
-_HAS_VALUE = (Outcome.SUCCEEDED, Outcome.CACHED)
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ class ModuleExecutor:
     def _inputs(self, name: str, outcomes: Mapping[str, Outcome]) -> dict[str, Any]:
         provided: dict[str, Any] = {}
         for dep in self.pipeline.modules[name].depends_on:
-            if outcomes.get(dep.name) in _HAS_VALUE:
+            if outcomes.get(dep.name, Outcome.FAILED).has_value:
                 binding = self.pipeline.bindings[dep.name].result
                 provided[dep.name] = binding.decode(self.results.payload(dep.name), dep.name)
         return provided

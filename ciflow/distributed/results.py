@@ -190,7 +190,7 @@ class ResultCache:
         Only paths matching the producer's declared ``patterns`` are restored, and no more
         bytes than its result recorded. Returns the number of files restored.
         """
-        from .archive import unpack_outputs
+        from .restore import unpack_outputs
 
         count = 0
         for item in self.load(module).outputs:
@@ -201,7 +201,11 @@ class ResultCache:
                         f"outputs {item.key} of module {module!r} are missing from the store; "
                         "rerun the module"
                     )
-                count += len(unpack_outputs(archive, workdir, expected_sha256=item.sha256))
+                restored = unpack_outputs(
+                    archive, workdir, expected_sha256=item.sha256, allowed=list(patterns),
+                    max_bytes=item.unpacked or None,
+                )  # fmt: skip
+                count += len(restored)
         return count
 
 

@@ -394,7 +394,7 @@ class Engine:
         j = self._index.get(dep_name)
         if j is None:  # an optional dependency that was not selected
             return None
-        return self._values[j] if self._records[j].outcome in _HAS_VALUE else None
+        return self._values[j] if (self._records[j].outcome or Outcome.FAILED).has_value else None
 
     def _complete(self, i: int, attempt: _Attempt, result: AttemptResult) -> None:
         """Turn an attempt's ending into an outcome or a retry (lock held)."""
@@ -486,21 +486,15 @@ class Engine:
         attempt.abandoned = True
         note = f"did not stop within {self.kill_grace + 1.0:g}s of being cancelled; abandoned"
         self.console.output(self._names[i], note)
-        reason = attempt.cancellation.reason or "cancelled"
-        detail = f"{reason}; {note}"
+        detail = f"{attempt.cancellation.reason or 'cancelled'}; {note}"
         self._complete(i, attempt, AttemptResult(Ending.CANCELLED, detail=detail))
         self._spawn_worker()
 
     def _on_interrupt(self, count: int) -> None:
-        if count == 1:
-            self.console.message(
-                "interrupted: cancelling running modules (always_run modules still run; "
-                "interrupt again to stop them too)"
-            )
-            self._cancel_run("interrupted")
-        else:
-            self.console.message("interrupted again: cancelling always_run modules too")
-            self._cancel_run("interrupted", hard=True)
-
-
-_HAS_VALUE = frozenset({Outcome.SUCCEEDED, Outcome.CACHED})
+        first = count == 1
+        self.console.message(
+            "interrupted: cancelling running modules (always_run modules still run; interrupt "
+            "again to stop them too)" if first else "interrupted again: cancelling always_run "
+            "modules too"
+        )  # fmt: skip
+        self._cancel_run("interrupted", hard=not first)

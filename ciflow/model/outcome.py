@@ -26,6 +26,11 @@ class Outcome(enum.StrEnum):
         return self in _OK
 
     @property
+    def has_value(self) -> bool:
+        """Hands dependents a value: succeeded, cached (others hand ``None``)."""
+        return self in (Outcome.SUCCEEDED, Outcome.CACHED)
+
+    @property
     def bad(self) -> bool:
         """Makes the run fail: failed, timed_out, dependency_failed, cancelled."""
         return self in _BAD

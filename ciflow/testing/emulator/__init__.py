@@ -1,0 +1,40 @@
+"""A local emulator of GitHub Actions' artifact service (v4) and cache service (v2).
+
+Both are Twirp JSON services under ``POST /twirp/github.actions.results.api.v1.<Service>/<Method>``
+authenticated by the runner's ``ACTIONS_RUNTIME_TOKEN``; their bytes travel through signed URLs of
+an Azure-blob-like store (``/blob/...``). The official npm clients ``@actions/artifact`` and
+``@actions/cache`` run against it unchanged (see ``tests/js``).
+
+Wire choices (checked against actions/toolkit): requests are read in snake_case or camelCase;
+answers are snake_case with int64 as strings (protojson, as github.com answers); every error is
+``{"code", "msg"}`` with Twirp's HTTP status. Artifact names are unique per workflow run from
+CreateArtifact on (an unfinalized artifact reserves its name: 409 ``already_exists``); only
+finalized artifacts are listed. A second CreateCacheEntry for a key+version that is reserved or
+saved gets 409 ``already_exists``; the cache is one namespace per emulator (one repository). Blob
+bytes live under ``data_dir`` (else in a temporary folder that ``stop()`` removes together with all
+state); metadata lives in memory.
+
+It also serves the REST jobs API of its runs (``GET /repos/{owner}/{repo}/actions/runs/{run}
+[/attempts/{n}]/jobs`` with the run's ``GITHUB_TOKEN``, paginated): a job is ``in_progress``
+from its first `GitHubEmulator.env` and ``completed`` after `GitHubEmulator.finish_job`, which
+tests call when a worker process ends, as GitHub does when a job's runner finishes it.
+"""
+
+from __future__ import annotations
+
+from .model import (
+    ARTIFACT_LIMIT_PER_JOB,
+    ARTIFACT_SERVICE,
+    CACHE_SERVICE,
+    FAULT_KINDS,
+    REPOSITORY,
+    BlobError,
+    Faults,
+    TwirpError,
+)
+from .service import GitHubEmulator, main
+
+__all__ = [
+    "ARTIFACT_LIMIT_PER_JOB", "ARTIFACT_SERVICE", "CACHE_SERVICE", "FAULT_KINDS", "REPOSITORY",
+    "BlobError", "Faults", "GitHubEmulator", "TwirpError", "main",
+]  # fmt: skip

@@ -1,0 +1,5 @@
+"""``python -m ciflow.testing.emulator``: serve the emulator (see `service.main`)."""
+
+from .service import main
+
+raise SystemExit(main())

@@ -1,0 +1,450 @@
+"""The emulator itself: its state, runs and jobs, tokens, signed URLs, start and stop."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import itertools
+import json
+import random
+import secrets
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from .http import _Handler, _Server, _Server6
+from .model import (
+    ARTIFACT_LIMIT_PER_JOB,
+    ARTIFACT_SERVICE,
+    CACHE_SERVICE,
+    FAULT_KINDS,
+    REPOSITORY,
+    STORAGE_VERSION,
+    BlobError,
+    Faults,
+    TwirpError,
+    _Artifact,
+    _b64url,
+    _BlobStore,
+    _CacheEntry,
+    _check_id,
+    _Req,
+    _rfc3339,
+    _unb64url,
+)
+from .twirp import TwirpMethods
+
+
+class GitHubEmulator(TwirpMethods):
+    """Artifact v4 + cache v2 services on ``host:port``; one artifact namespace per workflow run.
+
+    Use as a context manager or call ``start()``/``stop()``; give a job's ``env(run, job)`` to the
+    process under test. ``calls`` counts Twirp calls by method, ``blob_calls`` blob requests by
+    operation; ``faults`` injects errors and latency.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, data_dir: Path | None = None
+    ) -> None:
+        self.host, self.port = host, port
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.artifact_limit = ARTIFACT_LIMIT_PER_JOB
+        self.url_ttl = 6 * 3600.0
+        self._secret = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+        self._blob_calls: Counter[str] = Counter()
+        self._call_log: list[tuple[str, str, str | None]] = []
+        #: False: the jobs API answers 403, as for a token without ``actions: read``
+        self.jobs_api = True
+        self._jobs: dict[str, dict[str, dict[str, Any]]] = {}  # run -> job -> jobs API record
+        self._job_numbers = itertools.count(51725241954)
+        self._rest_tokens: dict[str, str] = {}  # GITHUB_TOKEN -> run
+        self._rest_calls = 0
+        self._faults = Faults()
+        self._rng = random.Random(0)
+        self._next_id = itertools.count(1)
+        self._artifacts: dict[str, dict[str, _Artifact]] = {}
+        self._caches: dict[tuple[str, str], _CacheEntry] = {}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._blobs: _BlobStore | None = None
+        self._rpcs: dict[tuple[str, str], Callable[[tuple[str, str], _Req], dict[str, Any]]] = {
+            (ARTIFACT_SERVICE, "CreateArtifact"): self._create_artifact,
+            (ARTIFACT_SERVICE, "FinalizeArtifact"): self._finalize_artifact,
+            (ARTIFACT_SERVICE, "ListArtifacts"): self._list_artifacts,
+            (ARTIFACT_SERVICE, "GetSignedArtifactURL"): self._signed_artifact_url,
+            (ARTIFACT_SERVICE, "DeleteArtifact"): self._delete_artifact,
+            (CACHE_SERVICE, "CreateCacheEntry"): self._create_cache_entry,
+            (CACHE_SERVICE, "FinalizeCacheEntryUpload"): self._finalize_cache_entry,
+            (CACHE_SERVICE, "GetCacheEntryDownloadURL"): self._cache_download_url,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> GitHubEmulator:
+        """Bind and serve in a background thread; returns self."""
+        if self._server is not None:
+            return self
+        if self._blobs is None:
+            if self.data_dir is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="ciflow-emulator-")
+                root = Path(self._tmp.name)
+            else:
+                root = self.data_dir
+                root.mkdir(parents=True, exist_ok=True)
+            self._blobs = _BlobStore(root)
+        server_cls: type[_Server] = _Server6 if ":" in self.host else _Server
+        self._server = server_cls((self.host, self.port), _Handler)
+        self._server.emulator = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(0.05,),
+            name="ciflow-github-emulator",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving. State survives a restart only with a ``data_dir``; else it is dropped."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = self._blobs = None
+            with self._lock:
+                self._artifacts.clear()
+                self._caches.clear()
+
+    def __enter__(self) -> GitHubEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL (``http://host:port/``), the value of ``ACTIONS_RESULTS_URL``."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/"
+
+    # -- identities ------------------------------------------------------------------------------
+    def token(self, run_id: str, job_id: str) -> str:
+        """An HS256 JWT like the runner's, ``scp`` carrying ``Actions.Results:<run>:<job>``."""
+        run, job = _check_id(run_id, "run_id"), _check_id(job_id, "job_id")
+        now = int(time.time())
+        claims = {
+            "scp": f"Actions.GenericRead:00000000-0000-0000-0000-000000000000 "
+            f"Actions.UploadArtifacts:{run}:{job} Actions.Results:{run}:{job}",
+            "ac": json.dumps([{"Scope": "refs/heads/main", "Permission": 3}]),
+            "iss": "ciflow-github-emulator",
+            "aud": "vso:ciflow-github-emulator",
+            "nbf": now - 60,
+            "iat": now - 60,
+            "exp": now + 24 * 3600,
+        }
+        head = _b64url(b'{"typ":"JWT","alg":"HS256"}')
+        body = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        sig = hmac.new(self._secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+        return f"{head}.{body}.{_b64url(sig)}"
+
+    def env(self, run_id: str, job_id: str) -> dict[str, str]:
+        """The variables a runner gives a JavaScript action for these services (one job).
+
+        The job starts (``in_progress`` in the jobs API) on the first call for it. Besides the
+        runtime variables: ``GITHUB_API_URL``/``GITHUB_REPOSITORY``/``GITHUB_TOKEN`` for the
+        REST jobs API, and ``CIFLOW_JOB_ID``, what the reusable action exports from
+        ``job.check_run_id``.
+        """
+        job = self._start_job(run_id, job_id)
+        return {
+            "GITHUB_API_URL": self.url,
+            "GITHUB_REPOSITORY": REPOSITORY,
+            "GITHUB_TOKEN": self._rest_token(run_id),
+            "CIFLOW_JOB_ID": str(job["id"]),
+            "RUNNER_NAME": str(job["runner_name"]),
+            "ACTIONS_RESULTS_URL": self.url,
+            "ACTIONS_RUNTIME_URL": self.url,
+            "ACTIONS_CACHE_URL": self.url,
+            "ACTIONS_RUNTIME_TOKEN": self.token(run_id, job_id),
+            "ACTIONS_CACHE_SERVICE_V2": "True",
+            "GITHUB_SERVER_URL": "https://github.com",
+            "GITHUB_ACTIONS": "true",
+            "GITHUB_RUN_ID": run_id,
+            "GITHUB_RUN_ATTEMPT": "1",
+            "GITHUB_JOB": job_id,
+        }
+
+    # -- the REST jobs API ----------------------------------------------------------------------
+    def _rest_token(self, run_id: str) -> str:
+        with self._lock:
+            for token, run in self._rest_tokens.items():
+                if run == run_id:
+                    return token
+            token = "ghs_" + secrets.token_hex(18)
+            self._rest_tokens[token] = run_id
+            return token
+
+    def _start_job(self, run_id: str, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            jobs = self._jobs.setdefault(run_id, {})
+            if job_id not in jobs:
+                number = next(self._job_numbers)
+                jobs[job_id] = {
+                    "id": number,
+                    "run_id": run_id,
+                    "run_attempt": 1,
+                    "name": job_id,
+                    "status": "in_progress",
+                    "conclusion": None,
+                    "started_at": _rfc3339(time.time()),
+                    "completed_at": None,
+                    "runner_name": f"GitHub Actions {number % 1000}",
+                }
+            return jobs[job_id]
+
+    def finish_job(self, run_id: str, job_id: str, conclusion: str = "failure") -> None:
+        """Mark a job ``completed`` in the jobs API, as GitHub does when its runner ends it."""
+        job = self._start_job(run_id, job_id)
+        with self._lock:
+            job.update(
+                status="completed", conclusion=conclusion, completed_at=_rfc3339(time.time())
+            )
+
+    @property
+    def rest_calls(self) -> int:
+        """REST (jobs API) requests received."""
+        with self._lock:
+            return self._rest_calls
+
+    def _list_jobs(self, path: str, query: dict[str, list[str]], auth: str | None) -> Any:
+        """GET /repos/{owner}/{repo}/actions/runs/{run}[/attempts/{n}]/jobs: (status, body)."""
+        with self._lock:
+            self._rest_calls += 1
+        parts = path.strip("/").split("/")[1:]  # owner, repo, "actions", "runs", run, ...
+        shape = len(parts) in (6, 8) and parts[2:4] == ["actions", "runs"] and parts[-1] == "jobs"
+        if not shape or (len(parts) == 8 and parts[5] != "attempts"):
+            return 404, {"message": "Not Found"}
+        scheme, _, token = (auth or "").partition(" ")
+        with self._lock:
+            run = (
+                self._rest_tokens.get(token.strip())
+                if scheme.lower() in ("bearer", "token")
+                else None
+            )
+            if run is None:
+                return 401, {"message": "Bad credentials"}
+            if not self.jobs_api:
+                return 403, {"message": "Resource not accessible by integration"}
+            if "/".join(parts[:2]) != REPOSITORY or parts[4] != run:
+                return 404, {"message": "Not Found"}
+            jobs = [dict(j) for j in self._jobs.get(run, {}).values()]
+        try:
+            per_page = min(100, max(1, int(query.get("per_page", ["30"])[0])))
+            page = max(1, int(query.get("page", ["1"])[0]))
+        except ValueError:
+            return 422, {"message": "Validation Failed"}
+        chunk = jobs[(page - 1) * per_page : page * per_page]
+        return 200, {"total_count": len(jobs), "jobs": chunk}
+
+    def _identity(self, authorization: str | None) -> tuple[str, str]:
+        scheme, _, tok = (authorization or "").partition(" ")
+        try:
+            if scheme.lower() != "bearer":
+                raise ValueError("no bearer token")
+            head, body, sig = tok.strip().split(".")
+            want = hmac.new(self._secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+            if json.loads(_unb64url(head)).get("alg") != "HS256" or not hmac.compare_digest(
+                _unb64url(sig), want
+            ):
+                raise ValueError("bad signature")
+            claims = json.loads(_unb64url(body))
+            if float(claims.get("exp", 0)) < time.time():
+                raise ValueError("token expired")
+            for scope in str(claims.get("scp", "")).split():
+                parts = scope.split(":")
+                if parts[0] == "Actions.Results" and len(parts) == 3:
+                    return parts[1], parts[2]
+            raise ValueError("no Actions.Results scope")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise TwirpError("unauthenticated", f"invalid ACTIONS_RUNTIME_TOKEN: {exc}") from None
+
+    # -- counters and faults ---------------------------------------------------------------------
+    @property
+    def calls(self) -> dict[str, int]:
+        """Twirp calls received, by method name (faulted ones included); a snapshot."""
+        with self._lock:
+            return dict(self._calls)
+
+    @property
+    def blob_calls(self) -> dict[str, int]:
+        """Blob requests by operation (PutBlock, PutBlockList, PutBlob, GetBlob, ...)."""
+        with self._lock:
+            return dict(self._blob_calls)
+
+    @property
+    def call_log(self) -> list[tuple[str, str, str | None]]:
+        """Authenticated Twirp calls in order: (method, job id, artifact name or name filter)."""
+        with self._lock:
+            return list(self._call_log)
+
+    def reset_calls(self) -> None:
+        """Zero both counters and the call log."""
+        with self._lock:
+            self._calls.clear()
+            self._blob_calls.clear()
+            self._call_log.clear()
+
+    @property
+    def faults(self) -> Faults:
+        """The fault settings; assigning new ones reseeds the generator with their ``seed``."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, value: Faults) -> None:
+        with self._lock:
+            self._faults, self._rng = value, random.Random(value.seed)
+
+    def _draw_fault(self, method: str | None) -> str | None:
+        faults = self._faults
+        if method is None and not faults.blobs:
+            return None
+        if faults.latency > 0:
+            time.sleep(faults.latency)
+        if method is not None and faults.methods is not None and method not in faults.methods:
+            return None
+        with self._lock:
+            if faults.rate <= 0 or self._rng.random() >= faults.rate:
+                return None
+            return self._rng.choice(sorted(faults.kinds))
+
+    # -- signed URLs -----------------------------------------------------------------------------
+    def _sign(self, key: str, perm: str, expiry: int) -> str:
+        msg = f"{perm}\n{expiry}\n{key}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+
+    def _signed_url(self, key: str, perm: str) -> str:
+        expiry = int(time.time() + self.url_ttl)
+        sig = self._sign(key, perm, expiry)
+        query = f"sv={STORAGE_VERSION}&sr=b&sp={perm}&se={expiry}&sig={sig}"
+        return f"{self.url}blob/{quote(key)}?{query}"
+
+    def _check_signature(self, key: str, query: dict[str, list[str]], need: str) -> None:
+        perm, expiry, sig = (query.get(k, [""])[0] for k in ("sp", "se", "sig"))
+        try:
+            good = hmac.compare_digest(sig, self._sign(key, perm, int(expiry)))
+        except (ValueError, TypeError):
+            good = False
+        if not good:
+            raise BlobError(
+                403,
+                "AuthenticationFailed",
+                "Server failed to authenticate the "
+                "request. Make sure the value of the signature is formed correctly.",
+            )
+        if int(expiry) < time.time():
+            raise BlobError(403, "AuthenticationFailed", "Signed expiry time has passed.")
+        if need not in perm:
+            raise BlobError(
+                403,
+                "AuthorizationPermissionMismatch",
+                "This request is not authorized to perform this operation using this permission.",
+            )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ciflow emulate-github",
+        description="Emulate GitHub Actions' artifact (v4) and cache (v2) services locally.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--run-id", default="local-run")
+    parser.add_argument(
+        "--job-id",
+        action="append",
+        default=None,
+        help="job id (repeatable: tokens for more jobs are printed as comments)",
+    )
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--fault-kinds",
+        default="503",
+        help=f"comma-separated subset of {','.join(sorted(FAULT_KINDS))}",
+    )
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--fault-blobs", action="store_true", help="faults hit blob requests too")
+    parser.add_argument("--retry-after", type=int, default=1)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    return parser
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the emulator until Ctrl-C, SIGTERM or SIGHUP (its folder is removed then),
+    printing ``export`` lines for a job's environment."""
+    args = _parser().parse_args(argv)
+    jobs = args.job_id or ["local-job"]
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        faults = Faults(
+            rate=args.fault_rate,
+            latency=args.latency,
+            seed=args.fault_seed,
+            kinds=[k.strip() for k in args.fault_kinds.split(",") if k.strip()],
+            retry_after=args.retry_after,
+            blobs=args.fault_blobs,
+        )
+        emulator = GitHubEmulator(args.host, args.port, data_dir=args.data_dir)
+        emulator.faults = faults
+        emulator.start()
+        for name, value in emulator.env(args.run_id, jobs[0]).items():
+            print(f"export {name}={shlex.quote(value)}")
+        for job in jobs[1:]:
+            other = emulator.env(args.run_id, job)
+            print(
+                f"# job {job}: export ACTIONS_RUNTIME_TOKEN="
+                f"{shlex.quote(other['ACTIONS_RUNTIME_TOKEN'])} "
+                f"CIFLOW_JOB_ID={other['CIFLOW_JOB_ID']} GITHUB_JOB={shlex.quote(job)}"
+            )
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sys.stdout.flush()
+        print(f"# serving {emulator.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    return 0
