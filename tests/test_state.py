@@ -266,10 +266,36 @@ def test_a_module_whose_workers_keep_dying_fails_after_max_deaths() -> None:
     assert of(Finish, st.handle(Ended(1.3, "a", 4, Outcome.FAILED))) == [Finish(1)]
 
 
-@pytest.mark.parametrize(
-    ("holder", "why"),
-    [(HeldBy("s5-ghost-9"), "never registered"), (None, "cannot be read")],
-)
+def test_a_claim_that_stays_unreadable_is_taken_for_dead_after_the_timeout() -> None:
+    a = Module(noop, name="a")
+    st = machine([a], {"a": 1}, heartbeat_timeout=10.0)
+    st.handle(Started(0.0))
+    st.handle(Listed(0.0, [*registered(ME, OTHER), K.claim("a", 2)], whole=True))
+    assert of(ReadClaim, st.handle(Listed(11.0, [], whole=True))) == [ReadClaim("a", 2)]
+    out = st.handle(ClaimRead(11.1, "a", 2, None))  # unreadable once: no verdict yet
+    assert not of(Acquire, out)
+    assert of(ReadClaim, st.handle(Listed(15.0, [], whole=True))) == [ReadClaim("a", 2)]
+    assert not of(Acquire, st.handle(ClaimRead(15.1, "a", 2, None)))
+    st.handle(Listed(22.0, [], whole=True))
+    out = st.handle(ClaimRead(22.1, "a", 2, None))  # unreadable for longer than the timeout
+    assert any("cannot be read" in s.text for s in of(Say, out))
+    assert [(i.module, i.attempt, i.claim) for i in of(Acquire, out)] == [("a", 3, True)]
+
+
+def test_a_claim_lost_to_a_record_not_yet_readable_is_read_again_not_run_twice() -> None:
+    a = Module(noop, name="a")
+    st = machine([a], {"a": 1}, heartbeat_timeout=10.0)
+    st.handle(Started(0.0))
+    st.handle(Listed(0.0, registered(ME, OTHER, "s2-host-3"), whole=True))
+    st.handle(Dead(1.0, frozenset({OTHER})))
+    out = st.handle(Acquired(1.1, "a", 2, won=False, holder=None, lost_claim=True))
+    assert not of(Acquire, out)  # not attempt 2 again, and not attempt 3
+    out = st.handle(Listed(1.5, [K.claim("a", 2)], whole=True))
+    assert of(ReadClaim, out) == [ReadClaim("a", 2)]
+    assert not of(Acquire, st.handle(ClaimRead(1.6, "a", 2, HeldBy("s2-host-3"))))
+
+
+@pytest.mark.parametrize(("holder", "why"), [(HeldBy("s5-ghost-9"), "never registered")])
 def test_an_orphaned_or_unreadable_claim_is_taken_for_dead_after_the_timeout(
     holder: HeldBy | None, why: str
 ) -> None:

@@ -135,7 +135,9 @@ class Actions:
             if not won:
                 for problem in records.drop_leases(self.store, taken):
                     self.say(problem)
-                return Acquired(now(), ins.module, ins.attempt, won=False, holder=holder)
+                return Acquired(
+                    now(), ins.module, ins.attempt, won=False, holder=holder, lost_claim=True
+                )
         self._leases[ins.module] = taken
         return Acquired(now(), ins.module, ins.attempt, won=True)
 

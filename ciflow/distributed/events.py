@@ -121,6 +121,8 @@ class Acquired:
     attempt: int
     won: bool
     holder: HeldBy | None = None
+    #: the claim (not a lease) was lost: another worker created it first
+    lost_claim: bool = False
 
 
 @dataclass(frozen=True)

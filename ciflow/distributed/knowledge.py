@@ -109,6 +109,8 @@ class ClaimInfo:
     read: bool = False  # its record was read (``holder`` is what it says)
     warned: bool = False
     reading: bool = False  # a read was asked for and is not answered yet
+    #: since when every read found the record missing or unreadable (None: it was read)
+    unreadable_since: float | None = None
 
 
 @dataclass

@@ -195,6 +195,10 @@ class WorkerState(Knowledge):
             info = self.claims.get(name)
             if info is None or info.read or info.reading or name in self.outcomes:
                 continue
+            if info.unreadable_since is not None:  # read again on every whole listing
+                info.reading = True
+                out.append(ReadClaim(name, info.attempt))
+                continue
             if (
                 self.dead
                 or name in self.asked
@@ -207,8 +211,13 @@ class WorkerState(Knowledge):
         info = self.claims.get(event.module)
         if info is None or event.attempt > info.attempt:
             info = self.claims[event.module] = ClaimInfo(event.attempt, event.now)
-        if event.attempt == info.attempt:
-            info.holder, info.read, info.reading = event.holder, True, False
+        if event.attempt != info.attempt:
+            return
+        info.reading = False
+        if event.holder is not None:
+            info.holder, info.read, info.unreadable_since = event.holder, True, None
+        elif info.unreadable_since is None:  # read again at the next listing, up to a bound
+            info.unreadable_since = event.now
 
     def _cancelled(self, reason: str, out: list[Instruction]) -> None:
         if self.cancel is not None:
@@ -229,6 +238,10 @@ class WorkerState(Knowledge):
             del self.holds[name]
             if event.holder is not None:
                 self.claims[name] = ClaimInfo(event.attempt, event.now, event.holder, True)
+            elif event.lost_claim:  # someone's claim we could not read yet: read it again
+                self.claims[name] = ClaimInfo(
+                    event.attempt, event.now, unreadable_since=event.now
+                )
             else:  # a lease is held elsewhere: try again a little later
                 self.lease_retry[name] = event.now + self.config.lease_retry
             self.let_go(name, event.now)
@@ -378,7 +391,11 @@ class WorkerState(Knowledge):
                 )
             return None
         if not info.read:
-            return None
+            if info.reading or info.unreadable_since is None:
+                return None  # its answer decides
+            if not self._holder_gone(name, info, now, out):
+                return None
+            return Hold(info.attempt + 1, claim=True, takeover_from="an unreadable claim")
         holder = info.holder
         if holder is not None and holder.worker == self.config.worker:
             return Hold(info.attempt, claim=False, deaths=holder.deaths)
@@ -394,7 +411,8 @@ class WorkerState(Knowledge):
             return True
         if holder is not None and holder.worker in self.registered:
             return False
-        if now - info.seen_at <= self.config.heartbeat_timeout:
+        since = info.seen_at if info.unreadable_since is None else info.unreadable_since
+        if now - since <= self.config.heartbeat_timeout:
             return False
         if not info.warned:
             info.warned = True
