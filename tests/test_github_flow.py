@@ -46,6 +46,7 @@ def github_run(
     *,
     env_of: dict[int, dict[str, str]] | None = None,
     kills: Any = (),
+    extra: list[str] | None = None,
 ) -> tuple[Any, list[int], str]:
     """Plan job, then 4 worker jobs, then the summary job, as a workflow would run them."""
     output = tmp_path / "github_output"
@@ -60,7 +61,12 @@ def github_run(
     envs = {k: {**emu.env(RUN, f"work-{k}"), **(env_of or {}).get(k, {})} for k in range(4)}
     out = io.StringIO()
     procs = start_workers(
-        4, pipeline_file=file, store_url="github://", run_id=RUN_ID, extra=FAST, env_of=envs
+        4,
+        pipeline_file=file,
+        store_url="github://",
+        run_id=RUN_ID,
+        extra=extra or FAST,
+        env_of=envs,
     )
     codes = supervise(  # as GitHub does, the emulator's jobs API reports ended jobs completed
         procs,
@@ -121,11 +127,14 @@ def test_github_flow_survives_a_killed_worker(
     file = pipelines / "distributed.py"
     owner = plan_pipeline(load_pipeline(file), [RunnerPool(count=4)]).slot_of("unit_a")
     assert owner is not None
+    # one module at a time: a SIGKILL in the middle of another module's upload would leave its
+    # artifact name reserved for good (see README, Known gaps)
     result, codes, out = github_run(
-        emu, file, tmp_path, env_of={owner: {"CIFLOW_FAILPOINT": "before-result:unit_a"}}
-    )
+        emu, file, tmp_path, env_of={owner: {"CIFLOW_FAILPOINT": "before-result:unit_a"}},
+        extra=[*FAST, "--jobs", "1"],
+    )  # fmt: skip
     assert codes[owner] == -signal.SIGKILL, out
-    assert {r.name: (r.outcome, r.result) for r in result.records} == expected(file)
+    assert {r.name: (r.outcome, r.result) for r in result.records} == expected(file), out
     unit_a = next(r for r in result.records if r.name == "unit_a")
     assert unit_a.attempts == 2 and unit_a.slot != owner
     beats = [n for m, _, n in emu.call_log if m == "CreateArtifact" and n and "~alive~" in n]

@@ -481,3 +481,29 @@ def test_a_thousand_results_in_one_batch_cost_one_decision() -> None:
     events = [Listed(0.1, [K.result(m.name)], whole=False) for m in mods]
     out = st.handle(*events)
     assert [i.module for i in of(Acquire, out)] == ["last"]
+
+
+def test_a_result_that_lost_to_an_unreadable_one_is_failed_after_a_bounded_wait() -> None:
+    a = Module(noop, name="a")
+    b = Module(noop, name="b", depends_on=[a])
+    st = machine([a, b], {"a": 0, "b": 0}, heartbeat_timeout=10.0)
+    st.handle(Started(0.0))
+    acquire_and_start(st, "a", 0.0)
+    out = st.handle(Ended(1.0, "a", 1, Outcome.SUCCEEDED, written=False))
+    assert "a" not in st.outcomes and not of(Acquire, out)  # the other result decides
+    assert not of(Acquire, st.handle(Tick(5.0)))
+    out = st.handle(Tick(11.5))
+    assert any("no result of it can be read" in s.text for s in of(Say, out))
+    assert st.outcomes["a"] is Outcome.FAILED
+    out = st.handle(Tick(11.6))
+    assert [i.outcome for i in of(Resolve, out)] == [Outcome.DEPENDENCY_FAILED]
+
+
+def test_a_result_that_lost_to_a_listed_one_takes_that_ones_outcome() -> None:
+    a = Module(noop, name="a")
+    st = machine([a], {"a": 0})
+    st.handle(Started(0.0))
+    acquire_and_start(st, "a", 0.0)
+    st.handle(Ended(1.0, "a", 1, Outcome.FAILED, written=False))
+    out = st.handle(Listed(1.2, [K.result("a")], whole=False))
+    assert st.outcomes["a"] is Outcome.SUCCEEDED and of(Finish, out) == [Finish(0)]

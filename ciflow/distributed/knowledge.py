@@ -174,6 +174,8 @@ class Knowledge:
     last_log: float = 0.0
     unservable_since: dict[str, float] = field(default_factory=dict)
     lease_retry: dict[str, float] = field(default_factory=dict)
+    #: modules whose result we could not write (another attempt's was first): since when
+    superseded: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in self.plan.order:

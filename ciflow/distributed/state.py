@@ -274,9 +274,12 @@ class WorkerState(Knowledge):
             out.append(Say(f"handing back {name} (stopped)"))
             self.let_go(name, event.now)
             return
-        if not event.written:
+        if not event.written:  # the other attempt's result tells the outcome, when listed
             out.append(Say(f"{name}: a result of another attempt was first; this one is dropped"))
-        elif event.outcome is Outcome.FAILED or (
+            self.superseded.setdefault(name, event.now)
+            self.let_go(name, event.now)
+            return
+        if event.outcome is Outcome.FAILED or (
             hold.resolve is None and event.outcome is Outcome.TIMED_OUT
         ):
             self.ran_bad.append(name)  # a module ran here and failed (or was failed here)
@@ -319,6 +322,9 @@ class WorkerState(Knowledge):
     def _consider(self, name: str, now: float, out: list[Instruction]) -> None:
         if self.lease_retry and now < self.lease_retry.get(name, 0.0):
             return
+        if name in self.superseded:
+            self._await_other_result(name, now, out)
+            return
         hold = self._holding(name, now, out)
         if hold is None:
             if self.phase[name] is Phase.ASKED:
@@ -356,6 +362,19 @@ class WorkerState(Knowledge):
             Acquire(name, hold.attempt, resources, hold.claim, hold.takeover_from, hold.deaths,
                     self.dead)
         )  # fmt: skip
+
+    def _await_other_result(self, name: str, now: float, out: list[Instruction]) -> None:
+        """Our result lost to another attempt's: wait (bounded) for that one to be listed."""
+        if now - self.superseded[name] <= self.config.heartbeat_timeout:
+            return
+        out.append(
+            Say(
+                f"warning: {name}'s result key is taken, but no result of it can be read "
+                "(an upload that never finished?); counting it as failed here"
+            )
+        )
+        self.ran_bad.append(name)
+        self._outcome(name, Outcome.FAILED, now)  # known here only; the summary shows it missing
 
     def _busy(self, mod: Module) -> bool:
         held = [n for n in self.holds if not self.resolving(n)]
