@@ -304,3 +304,17 @@ def test_random_plans_hold_every_constraint(case: tuple[list[Module], int]) -> N
     for _, start, _ in limited:
         running = sum(1 for _, b, e in limited if b <= start + 1e-9 < e - 1e-9)
         assert running <= 2
+
+
+def test_a_plan_of_a_newer_schema_version_is_refused() -> None:
+    import json
+
+    from pydantic import ValidationError
+
+    from ciflow.planning.plan import DistributedExecutionPlan
+
+    plan = plan_pipeline(Pipeline([Module(lambda: None, name="x")]), [RunnerPool(count=1)])
+    data = json.loads(plan.to_json())
+    data["schema_version"] = 99
+    with pytest.raises(ValidationError, match="plan schema version 99 is newer than this ciflow"):
+        DistributedExecutionPlan.model_validate(data)

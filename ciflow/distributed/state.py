@@ -135,8 +135,8 @@ class WorkerState(Knowledge):
                 self.requests.setdefault(parsed.module, []).append(parsed.worker)
             elif kind == "worker":
                 self.registered.setdefault(parsed.worker, event.now)
-                if parsed.worker != self.config.worker:
-                    out.append(ReadRegistration(parsed.worker))
+                if parsed.worker != self.config.worker and self.plan.unable:
+                    out.append(ReadRegistration(parsed.worker))  # who can serve what we cannot?
             elif kind == "done":
                 self.finished.add(parsed.worker)
             elif kind == "quiet":
@@ -239,9 +239,7 @@ class WorkerState(Knowledge):
             if event.holder is not None:
                 self.claims[name] = ClaimInfo(event.attempt, event.now, event.holder, True)
             elif event.lost_claim:  # someone's claim we could not read yet: read it again
-                self.claims[name] = ClaimInfo(
-                    event.attempt, event.now, unreadable_since=event.now
-                )
+                self.claims[name] = ClaimInfo(event.attempt, event.now, unreadable_since=event.now)
             else:  # a lease is held elsewhere: try again a little later
                 self.lease_retry[name] = event.now + self.config.lease_retry
             self.let_go(name, event.now)

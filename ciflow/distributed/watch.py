@@ -2,9 +2,10 @@
 
 Every ``slow_poll`` seconds it lists the run's whole namespace (claims, requests, workers,
 heartbeats, leases, the cancel record) and works out liveness from it; in between it watches
-only ``results/``, and only as closely as needed: fast (the store's ``poll``) while a result
-is due by the plan, at most every ``slow_poll`` while none is (a worker waiting on a long
-module costs next to nothing). Each poll reports only the keys that are new. Stores that
+only ``results/``, and only as closely as needed: fast (the store's ``poll``) from
+`DUE_WINDOW` before a result is due by the plan; at most every ``slow_poll`` while none is, or
+while every job slot of the worker is busy (a worker waiting on a long module costs next to
+nothing). Each poll reports only the keys that are new. Stores that
 list everything in one call (``github://``) list the whole namespace every time; stores that
 push (`StoreProfile.pushes`) are waited on, not polled. See docs/architecture.md, "The worker".
 """
@@ -20,13 +21,17 @@ from .events import Dead, Event, Listed
 from .keys import RunKeys
 from .liveness import Liveness
 
-__all__ = ["Watcher"]
+__all__ = ["DUE_WINDOW", "Watcher"]
+
+#: how long before a result is due by the plan the watcher starts looking closely (estimates
+#: are rough: a module may end this much earlier than planned without costing a hand-off)
+DUE_WINDOW = 2.0
 
 
 class Watcher(threading.Thread):
     """Lists the store for one worker and posts `Listed` and `Dead` events to its loop.
 
-    Set `due` (monotonic seconds) to when the next result is expected; `stop` ends it.
+    `expect` tells it when the next result is due (monotonic seconds); `stop` ends it.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class Watcher(threading.Thread):
         self.slow_poll = slow_poll
         self.due: float | None = None
         self._halt = threading.Event()
+        self._nudge = threading.Event()  # `expect` moved a due time closer
         self._seen: set[str] = set()
         self._results: set[str] = set()
         self._workers: set[str] = set()
@@ -57,6 +63,13 @@ class Watcher(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+        self._nudge.set()
+
+    def expect(self, due: float | None) -> None:
+        """The next result is due at ``due`` (None: none that this worker could use now)."""
+        old, self.due = self.due, due
+        if due is not None and (old is None or due < old):
+            self._nudge.set()  # look sooner than the current sleep would
 
     def run(self) -> None:
         next_whole = 0.0
@@ -115,17 +128,18 @@ class Watcher(threading.Thread):
         """Watch ``results/`` until something new appears or ``deadline`` passes."""
         now = time.monotonic()
         due = self.due
-        if self.store.profile.pushes or (due is not None and due <= now):
-            poll = self.store.poll  # a result is due: look closely
+        if self.store.profile.pushes or (due is not None and due - now <= DUE_WINDOW):
+            poll = self.store.poll  # a result is due (or nearly): look closely
         else:
             poll = self.slow_poll
-            if due is not None:  # sleep until it is due, then look closely
-                deadline = min(deadline, max(due, now + self.store.poll))
+            if due is not None:  # sleep until it is nearly due, then look closely
+                deadline = min(deadline, max(due - DUE_WINDOW, now + self.store.poll))
         if poll == self.slow_poll and not self.store.profile.pushes:
             whole_next = deadline
-            self._halt.wait(max(0.0, deadline - now))
-            if self._halt.is_set() or whole_next >= self._next_whole:
-                return  # the whole listing comes next and sees the results too
+            nudged = self._nudge.wait(max(0.0, deadline - now))
+            self._nudge.clear()
+            if nudged or self._halt.is_set() or whole_next >= self._next_whole:
+                return  # look again as now due, or the whole listing sees the results too
             keys = self.store.list(self.keys.results)
         else:
             keys = self.store.wait(self.keys.results, self._results, deadline - now, poll)

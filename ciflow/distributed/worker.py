@@ -310,7 +310,7 @@ class Worker:
                     if answer is not None:
                         pending.append(answer)
                 beats.running = state.running()
-                watcher.due = self._due(state)
+                watcher.expect(self._due(state))
                 self._warn_twice(state)
                 self.console.tick()
         finally:
@@ -336,8 +336,8 @@ class Worker:
 
     def _due(self, state: WorkerState) -> float | None:
         """When the next result this worker waits on is expected, by the plan (monotonic)."""
-        if state.started_at is None:
-            return None
+        if state.started_at is None or len(state.executing()) >= state.config.jobs:
+            return None  # nothing to start before a module of ours ends: no close watch
         outcomes = state.outcomes
         if len(outcomes) > self._known:  # the newest result tells how far behind the plan we are
             newest = next(reversed(outcomes))

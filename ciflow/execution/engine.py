@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._gc import gc_paused
 from .._signals import catching_signals
-from ..model.outcome import ModuleRecord, Outcome, RunResult
+from ..model.outcome import HAS_VALUE, ModuleRecord, Outcome, RunResult
 from ..model.pipeline import Pipeline, Selection
 from .attempt import AttemptResult, Ending, run_attempt
 from .context import Context
@@ -394,7 +394,7 @@ class Engine:
         j = self._index.get(dep_name)
         if j is None:  # an optional dependency that was not selected
             return None
-        return self._values[j] if (self._records[j].outcome or Outcome.FAILED).has_value else None
+        return self._values[j] if self._records[j].outcome in HAS_VALUE else None
 
     def _complete(self, i: int, attempt: _Attempt, result: AttemptResult) -> None:
         """Turn an attempt's ending into an outcome or a retry (lock held)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["ModuleRecord", "Outcome", "RunResult"]
+__all__ = ["HAS_VALUE", "ModuleRecord", "Outcome", "RunResult"]
 
 
 class Outcome(enum.StrEnum):
@@ -28,7 +28,7 @@ class Outcome(enum.StrEnum):
     @property
     def has_value(self) -> bool:
         """Hands dependents a value: succeeded, cached (others hand ``None``)."""
-        return self in (Outcome.SUCCEEDED, Outcome.CACHED)
+        return self in HAS_VALUE
 
     @property
     def bad(self) -> bool:
@@ -37,6 +37,8 @@ class Outcome(enum.StrEnum):
 
 
 _OK = frozenset({Outcome.SUCCEEDED, Outcome.CACHED, Outcome.IGNORED_FAILURE})
+#: outcomes that hand dependents a value (the others hand ``None``)
+HAS_VALUE = frozenset({Outcome.SUCCEEDED, Outcome.CACHED})
 _BAD = frozenset({Outcome.FAILED, Outcome.TIMED_OUT, Outcome.DEPENDENCY_FAILED, Outcome.CANCELLED})
 
 

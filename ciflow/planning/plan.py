@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from .costs import ModuleCost, Transfer
 from .pools import RunnerPool
@@ -74,6 +74,16 @@ class DistributedExecutionPlan(BaseModel):
     algorithm: str
     slots: list[PlannedSlot]
     inputs: PlanInputs
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version > PLAN_SCHEMA_VERSION:
+            raise ValueError(
+                f"plan schema version {version} is newer than this ciflow's "
+                f"({PLAN_SCHEMA_VERSION}): use the ciflow version that made the plan"
+            )
+        return version
 
     def to_json(self) -> str:
         """The plan as indented JSON (byte-identical for the same inputs)."""
