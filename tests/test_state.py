@@ -507,3 +507,27 @@ def test_a_result_that_lost_to_a_listed_one_takes_that_ones_outcome() -> None:
     st.handle(Ended(1.0, "a", 1, Outcome.FAILED, written=False))
     out = st.handle(Listed(1.2, [K.result("a")], whole=False))
     assert st.outcomes["a"] is Outcome.SUCCEEDED and of(Finish, out) == [Finish(0)]
+
+
+def test_a_later_module_does_not_jump_ahead_into_an_earlier_ones_planned_start() -> None:
+    dep = Module(noop, name="dep")
+    first = Module(noop, name="first", depends_on=[dep])
+    later = Module(noop, name="later")
+    pipeline = Pipeline([dep, first, later])
+    view = PlanView(
+        modules=pipeline.modules,
+        owner={"dep": 1, "first": 0, "later": 0},
+        order=["first", "later", "dep"],
+        slot_order={0: ["first", "later"], 1: ["dep"]},
+        start={"dep": 0.0, "first": 1.0, "later": 3.0},
+        cost={"dep": 1.0, "first": 2.0, "later": 2.0},
+    )
+    st = WorkerState(plan=view, config=Config(worker=ME, slot=0), keys=K)
+    assert not of(Acquire, st.handle(Started(0.0)))  # later would still run at 1.0: wait
+    out = st.handle(Listed(0.5, [K.result("dep")], whole=False))
+    assert [i.module for i in of(Acquire, out)] == ["first"]  # first came, in plan order
+    st2 = WorkerState(plan=view, config=Config(worker=ME, slot=0), keys=K)
+    st2.handle(Started(0.0))
+    assert not of(Acquire, st2.handle(Tick(1.3)))  # a little overdue: still worth waiting
+    out = st2.handle(Tick(1.6))  # first is well overdue (its dependency is late): do not idle
+    assert [i.module for i in of(Acquire, out)] == ["later"]

@@ -85,6 +85,9 @@ class PlanView:
     order: list[str]  # this slot's modules first (plan order), then the others by start
     slot_order: dict[int, list[str]]
     unable: frozenset[str] = frozenset()  # what this worker's machine cannot serve
+    #: planned start and duration of each module (seconds from the run's start), if known
+    start: Mapping[str, float] = field(default_factory=dict)
+    cost: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rank = {name: i for i, name in enumerate(self.order)}
@@ -211,6 +214,23 @@ class Knowledge:
     def executing(self) -> list[str]:
         """Modules held here to run (acquiring, quieting or running), not to resolve."""
         return [n for n in self.holds if not self.resolving(n)]
+
+    def jumps_ahead(self, name: str, now: float) -> bool:
+        """Would starting our ``name`` now, before an earlier module of our slot that is not
+        ready yet, run into that module's planned start? (Then wait for it, while it is not
+        overdue: the plan put it first for a reason.)"""
+        plan = self.plan
+        if not plan.start or self.started_at is None:
+            return False
+        clock = now - self.started_at
+        cost = plan.cost.get(name, 0.0)
+        late = cost / 4  # how overdue an earlier module may be and still be waited for
+        mine = plan.slot_order.get(self.config.slot, ())
+        for earlier in mine[: plan.slot_rank[name]]:
+            start = plan.start[earlier]
+            if self.phase[earlier] is Phase.WAITING and clock - late < start < clock + cost:
+                return True
+        return False
 
     def running(self) -> list[str]:
         """Modules in a pool thread here (or being resolved)."""

@@ -340,6 +340,8 @@ class WorkerState(Knowledge):
             cancelled = None if self.config.keep_going else self.cancel
             hold.resolve = cannot_run(mod, verdict, cancelled)
         if hold.resolve is None:
+            if hold.attempt == 1 and not hold.claim and self.jumps_ahead(name, now):
+                return  # an earlier module of our slot is about to be ready
             if self._busy(mod) or name in self.plan.unable:
                 if (
                     hold.attempt == 1

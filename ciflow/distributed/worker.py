@@ -263,6 +263,8 @@ class Worker:
             order=mine + others,
             slot_order={s.slot: [m.name for m in s.modules] for s in plan.slots},
             unable=frozenset(n for n in names if mods[n].requires.missing(self.caps)),
+            start=start,
+            cost={m.name: m.finish - m.start for s in plan.slots for m in s.modules},
         )
         config = Config(
             worker=self.worker_id,
