@@ -686,7 +686,7 @@ def test_ci_pipeline_plans_for_the_workflow(tmp_path: Path) -> None:
         app,
         ["plan", "-f", str(CI_PIPELINE), "--workers", "3", "--latency", "3",
          "--bandwidth", "20", "--out", str(out)],
-        env={"GITHUB_OUTPUT": str(output)},
+        env={"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(output)},
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = dict(line.split("=", 1) for line in output.read_text().splitlines())

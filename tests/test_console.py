@@ -417,9 +417,10 @@ def test_format_duration(seconds: float, text: str) -> None:
 
 def test_github_mode_groups_each_modules_output_and_annotates_failures() -> None:
     from ciflow.model.outcome import ModuleRecord, Outcome
+    from ciflow.providers.github import GitHubActions
 
     out = io.StringIO()
-    console = Console(out, live=False, color=False, github=True)
+    console = Console(out, live=False, color=False, provider=GitHubActions())
     console.sources = {"test": ("ci/ciflow.py", 12)}
     console.module_started("build", 1)
     console.module_started("test", 1)

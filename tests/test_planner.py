@@ -189,6 +189,7 @@ def test_cli_plan_text_json_gantt_out_and_github_output(
     pipelines: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     github_output = tmp_path / "github_output"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_OUTPUT", str(github_output))
     out = tmp_path / "plan.json"
     args = [
@@ -228,6 +229,7 @@ def test_cli_plan_error_writes_nothing(
     pipelines: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     github_output = tmp_path / "github_output"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_OUTPUT", str(github_output))
     out = tmp_path / "plan.json"
     result = runner.invoke(

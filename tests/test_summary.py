@@ -57,6 +57,7 @@ def test_step_summary_is_appended_only_on_github(
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     write_step_summary(_result())
     assert not target.exists()
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
     target.write_text("earlier step\n")
     write_step_summary(_result())

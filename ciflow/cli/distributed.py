@@ -183,16 +183,10 @@ def plan_(
             atomic_write_text(out, result.to_json())
         except OSError as exc:
             raise UsageError(f"cannot write the plan to {out}: {exc.strerror or exc}") from None
-    github_output = os.environ.get("GITHUB_OUTPUT")
-    if github_output:
-        matrix = json.dumps(result.matrix(), separators=(",", ":"))
-        try:
-            with open(github_output, "a", encoding="utf-8") as fh:
-                fh.write(f"matrix={matrix}\nworkers={len(result.slots)}\n")
-        except OSError as exc:
-            raise UsageError(
-                f"cannot write GITHUB_OUTPUT {github_output}: {exc.strerror or exc}"
-            ) from None
+    from ..providers.registry import current
+
+    matrix = json.dumps(result.matrix(), separators=(",", ":"))
+    current().publish_outputs(os.environ, {"matrix": matrix, "workers": str(len(result.slots))})
 
 
 def _open_run(
@@ -204,9 +198,10 @@ def _open_run(
     if store is None:
         import os
 
-        if os.environ.get("GITHUB_ACTIONS") == "true" and os.environ.get("ACTIONS_RUNTIME_TOKEN"):
-            store = "github://"  # the run's own artifacts (ciflow's action exports the token)
-        else:
+        from ..providers.registry import current
+
+        store = current().default_store(os.environ)
+        if store is None:
             raise UsageError(
                 "no store: pass --store URL (e.g. file:///tmp/ciflow) or set CIFLOW_STORE"
             )
@@ -217,7 +212,7 @@ def _open_run(
 
 
 def _default_run_id() -> str | None:
-    from ..providers.detect import detect_job
+    from ..providers.registry import detect_job
 
     return detect_job().run_id
 
@@ -230,8 +225,8 @@ def worker(
             "--slot",
             min=0,
             metavar="K",
-            help="This worker's slot in the plan [default: from CIFLOW_SLOT, GitLab's "
-            "CI_NODE_INDEX, JOB_COMPLETION_INDEX, CIRCLE_NODE_INDEX or BUILDKITE_PARALLEL_JOB].",
+            help="This worker's slot in the plan [default: from CIFLOW_SLOT, or the CI "
+            "system's parallel index: GitLab, Kubernetes Indexed Jobs, CircleCI, Buildkite].",
         ),
     ] = None,
     file: FileOption = None,
@@ -300,13 +295,13 @@ def worker(
     from ..ui.console import Console
 
     if slot is None:
-        from ..providers.detect import detect_job
+        from ..providers.registry import detect_job, slot_sources
 
         job = detect_job()
         if job.slot is None:
             raise UsageError(
                 "no slot: pass --slot K (or run where the CI system numbers parallel jobs: "
-                "GitLab parallel:, Kubernetes Indexed Jobs, CircleCI, Buildkite)"
+                f"{slot_sources()})"
             )
         slot = job.slot
     target_store, keys = _open_run(store, run_id, poll)

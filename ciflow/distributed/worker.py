@@ -24,7 +24,7 @@ from ..errors import CiflowError, Interrupted, RequirementError
 from ..model.pipeline import Pipeline
 from ..model.requirements import Capabilities, unmet
 from ..planning.planner import DistributedExecutionPlan
-from ..providers.github_jobs import GitHubJobs
+from ..providers.registry import current
 from ..stores.base import Store, StoreError
 from ..ui.console import Console
 from .actions import Actions
@@ -207,7 +207,8 @@ class Worker:
         """
         if not self.store.profile.ci_jobs_liveness:
             return None
-        jobs = GitHubJobs.from_env(os.environ)
+        provider = current()
+        jobs = provider.jobs_api(os.environ)
         if jobs is None:
             return None
         try:
@@ -218,7 +219,7 @@ class Worker:
             return None
         self.liveness.jobs = jobs
         self.liveness.jobs_interval = self.heartbeat_timeout / 2
-        job = os.environ.get("CIFLOW_JOB_ID", "")
+        job = provider.job_id(os.environ) or ""
         if job not in states:
             why = "CIFLOW_JOB_ID is not set" if not job else f"job {job} is not among the run's"
             self._say(f"liveness: heartbeats ({why}; the action sets it from job.check_run_id)")

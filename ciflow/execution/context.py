@@ -14,15 +14,6 @@ from .process import Cancellation, CommandResult, run_command
 
 __all__ = ["Context"]
 
-_BRANCH_VARIABLES = (
-    "GITHUB_HEAD_REF",  # pull requests on GitHub
-    "GITHUB_REF_NAME",
-    "CI_COMMIT_REF_NAME",  # GitLab
-    "CIRCLE_BRANCH",
-    "BUILDKITE_BRANCH",
-    "BRANCH_NAME",  # Jenkins
-)
-
 
 class Context:
     """What a module sees of ciflow while it runs. One context per module attempt."""
@@ -68,9 +59,11 @@ class Context:
     def branch(self) -> str | None:
         """The current branch: from the CI's variables, else from git, else None."""
         env = self.env
-        for name in _BRANCH_VARIABLES:
-            if env.get(name):
-                return env[name]
+        from ..providers.registry import branch
+
+        named = branch(env)
+        if named:
+            return named
         try:
             found = subprocess.run(
                 ["git", "symbolic-ref", "--short", "-q", "HEAD"],  # works before a first commit

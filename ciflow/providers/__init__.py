@@ -1,1 +1,1 @@
-"""providers"""
+"""CI providers: one file per CI system (see `registry`)."""

@@ -17,6 +17,7 @@ from ..model.outcome import ModuleRecord, Outcome
 
 if TYPE_CHECKING:
     from ..model.outcome import RunResult
+    from ..providers.base import Provider
 
 __all__ = ["Console"]
 
@@ -33,16 +34,6 @@ _COLORS = {
 
 _PLAIN = {o: o.value.replace("_", " ") for o in Outcome}
 _GROUP_LIMIT = 5000  # lines kept per module before a partial group is printed
-
-
-def _escape_data(text: str) -> str:
-    """Escape a workflow-command message (GitHub's rules: %, CR, LF)."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    """Escape a workflow-command property value (also ':' and ',')."""
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 _COLORED = {o: f"\x1b[{_COLORS[o]}m{_PLAIN[o]}\x1b[0m" for o in Outcome}
@@ -64,9 +55,10 @@ class Console:
 
     ``live`` (default: the stream is a terminal and ``CI`` is unset) keeps a progress line at the
     bottom; otherwise every event is one plain line. ``verbose=False`` hides module output lines.
-    ``github`` (default: ``GITHUB_ACTIONS=true``) collects each module's output and prints it as
-    one ``::group::`` when the module ends, so parallel modules do not interleave in the log, and
-    marks failures with ``::error`` annotations.
+    ``provider`` (default: the CI system detected, see `ciflow.providers`) decides the log syntax:
+    where it has log groups (GitHub's ``::group::``, GitLab's sections, Buildkite's ``---``) each
+    module's output is held back and printed as one group when the module ends, so parallel
+    modules do not interleave; where it has annotations (GitHub's ``::error``) failures get one.
     """
 
     def __init__(
@@ -77,7 +69,7 @@ class Console:
         color: bool | None = None,
         verbose: bool = True,
         masker: Masker = MASKER,
-        github: bool | None = None,
+        provider: Provider | None = None,
     ) -> None:
         self.stream = stream if stream is not None else sys.stdout
         tty = _isatty(self.stream)
@@ -93,7 +85,12 @@ class Console:
         self._last_draw = 0.0
         self._started = time.monotonic()
         self._dirty = False
-        self.github = os.environ.get("GITHUB_ACTIONS") == "true" if github is None else github
+        if provider is None:
+            from ..providers.registry import current
+
+            provider = current()
+        self.provider = provider
+        self.grouped = provider.group("", []) is not None
         self._groups: dict[str, list[str]] = {}
         self._continued: set[str] = set()
         self.sources: dict[str, tuple[str, int]] = {}  # module -> (file, line) for annotations
@@ -115,7 +112,7 @@ class Console:
     def output(self, module: str, line: str) -> None:
         if not self.verbose:
             return
-        if self.github:
+        if self.grouped:
             with self._lock:
                 group = self._groups.setdefault(module, [])
                 group.append(line)
@@ -146,17 +143,19 @@ class Console:
             text += f": {record.skip_reason}"
         elif record.error:
             text += f": {record.error.splitlines()[0]}"
-        if self.github:
+        if self.grouped:
             with self._lock:
                 group = self._groups.pop(record.name, [])
             if group:
                 self._group(record.name, group, partial=False)
-            if outcome in (Outcome.FAILED, Outcome.TIMED_OUT) and record.error:
-                title = f"{record.name} {outcome.value.replace('_', ' ')}"
-                where = self.sources.get(record.name)
-                place = f"file={_escape_property(where[0])},line={where[1]}," if where else ""
-                message = _escape_data(record.error)
-                self._line(f"::error {place}title={_escape_property(title)}::{message}")
+        if outcome in (Outcome.FAILED, Outcome.TIMED_OUT) and record.error:
+            title = f"{record.name} {outcome.value.replace('_', ' ')}"
+            mask = self.masker.mask  # before the provider escapes: escaping hides secrets from it
+            note = self.provider.annotation(
+                mask(title), mask(record.error), self.sources.get(record.name)
+            )
+            if note is not None:
+                self._line(note)
         self._line(f"[{record.name}] {text}")
 
     def message(self, text: str) -> None:
@@ -200,10 +199,8 @@ class Console:
             self._continued.add(module)
         else:
             self._continued.discard(module)
-        text = "\n".join(
-            [f"::group::{module}{more}", *(f"[{module}] {line}" for line in lines), "::endgroup::"]
-        )
-        self._line(text)
+        body = [f"[{module}] {line}" for line in lines]
+        self._line("\n".join(self.provider.group(f"{module}{more}", body) or body))
 
     # drawing ------------------------------------------------------------------
 

@@ -147,11 +147,13 @@ def to_markdown(result: RunResult, footer: str | None = None) -> str:
 
 
 def write_step_summary(result: RunResult, footer: str | None = None) -> None:
-    """Append the Markdown summary to ``$GITHUB_STEP_SUMMARY`` when GitHub Actions gives one."""
+    """Append the Markdown summary to the CI's step summary (``$GITHUB_STEP_SUMMARY``), if any."""
     import os
 
-    path = os.environ.get("GITHUB_STEP_SUMMARY")
-    if not path:
+    from ..providers.registry import current
+
+    path = current().step_summary(os.environ)
+    if path is None:
         return
     try:
         with open(path, "a", encoding="utf-8") as fh:
@@ -159,6 +161,4 @@ def write_step_summary(result: RunResult, footer: str | None = None) -> None:
     except OSError as exc:
         from ..errors import UsageError
 
-        raise UsageError(
-            f"cannot write GITHUB_STEP_SUMMARY {path}: {exc.strerror or exc}"
-        ) from None
+        raise UsageError(f"cannot write the step summary {path}: {exc.strerror or exc}") from None
