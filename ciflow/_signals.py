@@ -1,4 +1,8 @@
-"""Route SIGINT and SIGTERM to a handler for the duration of a run (main thread only)."""
+"""Route the signals that stop a job (SIGINT, SIGTERM, SIGHUP) to a handler, main thread only.
+
+CI systems cancel a job with SIGINT and then SIGTERM (GitHub), SIGTERM (Kubernetes, GitLab), and a
+closed terminal sends SIGHUP: ciflow treats all three like Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["catching_signals"]
+__all__ = ["STOP_SIGNALS", "catching_signals", "interrupting"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
 def catching_signals(handler: Callable[[int], None], enabled: bool = True) -> Iterator[None]:
-    """Call ``handler(signum)`` on SIGINT/SIGTERM inside the block; restore the old handlers.
+    """Call ``handler(signum)`` on a stop signal inside the block; restore the old handlers.
 
     Does nothing off the main thread (Python only delivers signals there) or when disabled.
     The handler runs between bytecodes of the main thread: keep it to setting flags.
@@ -25,9 +31,23 @@ def catching_signals(handler: Callable[[int], None], enabled: bool = True) -> It
     def on_signal(signum: int, frame: FrameType | None) -> None:
         handler(signum)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _interrupt(signum: int) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupting() -> Iterator[None]:
+    """Inside the block, SIGTERM and SIGHUP raise `KeyboardInterrupt` as SIGINT does.
+
+    For commands whose clean-up already runs on Ctrl-C (``finally`` blocks, ``with`` folders).
+    """
+    with catching_signals(_interrupt):
+        yield

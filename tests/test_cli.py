@@ -188,7 +188,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_cancels_kills_the_tree_and_exits_130(
     pipelines: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:

@@ -517,6 +517,31 @@ def test_sigterm_drains_and_deregisters(tmp_path: Path, monkeypatch: pytest.Monk
     assert store.list(keys.done)  # deregistered
 
 
+def test_sigterm_ends_at_once_a_worker_that_only_waits_for_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
+    file = _chain_file(tmp_path, n=2, sleep=60.0)
+    url = f"file://{tmp_path / 'store'}"
+    store, keys = open_store(url), RunKeys("idle")
+    publish_plan(store, keys, plan_pipeline(load_pipeline(file), [RunnerPool(count=2, os=None)]))
+    procs = start_workers(2, pipeline_file=file, store_url=url, run_id="idle", extra=FAST)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "log.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "log.jsonl").exists(), "m0 never started"
+        busy = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])[3]
+        idle = next(p for p in procs if p.pid != busy)
+        idle.send_signal(signal.SIGTERM)
+        out, _ = idle.communicate(timeout=10)  # m0 still has 60 s to go
+        assert "Traceback" not in out
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+
+
 def test_worker_takes_its_slot_from_gitlab(
     tmp_path: Path, pipelines: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -704,8 +729,9 @@ def test_a_module_that_kills_its_worker_fails_after_two_deaths_and_the_rest_go_o
     assert 1 in codes  # the worker that failed it reports the failure
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_sigterm_ends_a_worker_waiting_for_its_plan_at_once(
-    tmp_path: Path, pipelines: Path
+    tmp_path: Path, pipelines: Path, sig: signal.Signals
 ) -> None:
     file = pipelines / "basic.py"
     proc = subprocess.Popen(
@@ -715,7 +741,7 @@ def test_sigterm_ends_a_worker_waiting_for_its_plan_at_once(
     )  # fmt: skip
     assert proc.stdout is not None
     assert "registered as" in proc.stdout.readline()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=10)  # not --plan-timeout (600 s)
     assert proc.returncode == 130, out
     assert "stopped while waiting for the plan" in out and "Traceback" not in out

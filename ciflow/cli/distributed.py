@@ -368,7 +368,14 @@ def dry_run(
 
     pipeline = _load(file, debug)
     assert pipeline.path is not None
-    from ..distributed.dryrun import copy_workspaces, parse_kill, start_workers, supervise
+    from .._signals import interrupting
+    from ..distributed.dryrun import (
+        copy_workspaces,
+        parse_kill,
+        start_workers,
+        stop_workers,
+        supervise,
+    )
     from ..distributed.keys import RunKeys
     from ..distributed.orchestrator import publish_plan, wait_for_registrations
     from ..execution.runner import new_run_id
@@ -385,7 +392,8 @@ def dry_run(
                       tools=tuple(sorted(caps.tools or ())))  # fmt: skip
     plan = plan_pipeline(pipeline, [pool], history=History.load(_history_path(pipeline, None)))
     console = Console()
-    with tempfile.TemporaryDirectory(prefix="ciflow-dry-run-") as tmp:
+    # SIGTERM and SIGHUP stop a dry-run as Ctrl-C does: workers stopped, its folder removed
+    with interrupting(), tempfile.TemporaryDirectory(prefix="ciflow-dry-run-") as tmp:
         url = store or f"file://{tmp}/store"
         run_id = new_run_id()
         target = open_store(url)
@@ -401,11 +409,14 @@ def dry_run(
             spaces = copy_workspaces(pipeline.path.parent, Path(tmp) / "workspaces", workers)
         procs = start_workers(workers, pipeline_file=pipeline.path, store_url=url,
                               run_id=run_id, extra=extra, workspaces=spaces)  # fmt: skip
-        try:  # like CI runners, workers come up one by one: start the run once all are there
-            wait_for_registrations(target, keys, workers, 1, timeout=30.0)
+        try:
+            try:  # like CI runners, workers come up one by one: start the run once all are there
+                wait_for_registrations(target, keys, workers, 1, timeout=30.0)
+            finally:
+                publish_plan(target, keys, plan)
+            codes = supervise(procs, console, kills)
         finally:
-            publish_plan(target, keys, plan)
-        codes = supervise(procs, console, kills)
+            stop_workers(procs, console)  # none left unless interrupted or failed
         code = _render_run(target, keys, console, report, pipeline.order)
         console.print(f"ciflow: worker exit codes: {codes}")
     raise typer.Exit(code)

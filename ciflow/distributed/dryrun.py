@@ -32,6 +32,9 @@ class Kill:
     after: float
 
 
+STOP_GRACE = 10.0  # seconds a stopped dry-run gives its workers to drain before SIGKILL
+
+
 def parse_kill(spec: str, workers: int) -> Kill:
     """Parse ``SLOT@SECONDS`` (e.g. ``1@2.5``)."""
     slot, sep, after = spec.partition("@")
@@ -85,6 +88,27 @@ def start_workers(
 
 
 _NOT_COPIED = (".git", ".venv", "venv", "node_modules", "__pycache__", ".ciflow", ".mypy_cache")
+
+
+def stop_workers(
+    procs: Sequence[subprocess.Popen[str]], console: Console, grace: float = STOP_GRACE
+) -> None:
+    """Stop the workers still running: SIGINT (they cancel their modules), SIGKILL after grace."""
+    alive = [p for p in procs if p.poll() is None]
+    if not alive:
+        return
+    console.print(f"ciflow: dry-run: stopping {len(alive)} worker(s)")
+    for proc in alive:
+        proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for proc in alive:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            console.print(f"ciflow: dry-run: worker pid {proc.pid} ignored SIGINT for "
+                          f"{grace:.0f}s: killed")  # fmt: skip
+            proc.kill()
+            proc.wait()
 
 
 def copy_workspaces(source: Path, dest: Path, workers: int) -> list[Path]:
@@ -144,11 +168,7 @@ def supervise(
             time.sleep(0.02)
         reap()
     except KeyboardInterrupt:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait()
+        stop_workers(procs, console)
         raise
     for thread in readers:
         thread.join(timeout=5)

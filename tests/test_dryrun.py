@@ -1,0 +1,62 @@
+"""`ciflow dry-run` as a real process: stopped by a signal, it stops its workers and cleans up."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PIPELINES = Path(__file__).parent / "pipelines"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_stopped_dry_run_stops_its_workers_and_removes_its_folder(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    pids = tmp_path / "pids.txt"
+    env = {**os.environ, "CIFLOW_TEST_PIDS": str(pids), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ciflow", "dry-run", "--workers", "2",
+         "-f", str(PIPELINES / "sleeper.py")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not pids.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pids.exists(), "the module never started"
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "stopping 2 worker(s)" in out or "stopping 1 worker(s)" in out, out
+    folder = re.search(r"worker\(s\) on file://(\S+)/store", out)
+    assert folder is not None, out
+    assert not Path(folder.group(1)).exists()
+    child, grandchild = (int(p) for p in pids.read_text().split())
+    for pid in (*workers, child, grandchild):
+        assert not _alive(pid), f"pid {pid} outlived the dry-run"
+    assert out.rstrip().endswith("ciflow: interrupted"), out
