@@ -23,6 +23,7 @@ from ciflow.distributed.events import (
     Dead,
     Ended,
     Finish,
+    GiveUpSlot,
     GoQuiet,
     Grant,
     HeldBy,
@@ -36,6 +37,7 @@ from ciflow.distributed.events import (
     Resolve,
     ResultRead,
     Say,
+    SlotRead,
     Start,
     Started,
     Stop,
@@ -316,10 +318,47 @@ def test_a_slot_no_worker_serves_is_taken_over_after_the_heartbeat_timeout() -> 
     st = machine([a], {"a": 3}, heartbeat_timeout=10.0)
     st.handle(Started(0.0))
     assert not of(Acquire, st.handle(Tick(9.0)))
-    out = st.handle(Tick(10.5))
+    out = st.handle(Tick(10.5))  # first the slot is given up: its worker may only be late
+    assert of(GiveUpSlot, out) == [GiveUpSlot(3)] and not of(Acquire, out)
+    assert not of(GiveUpSlot, st.handle(Tick(10.6)))  # asked once
+    out = st.handle(SlotRead(10.7, 3, ME, given_up=True))
     assert [(i.attempt, i.takeover_from) for i in of(Acquire, out)] == [
         (2, "slot 3, which no worker serves")
     ]
+
+
+def test_a_late_slot_worker_that_recorded_its_slot_first_is_waited_for_not_raced() -> None:
+    a = Module(noop, name="a")
+    st = machine([a], {"a": 3}, heartbeat_timeout=10.0)
+    st.handle(Started(0.0))
+    st.handle(Tick(10.5))
+    out = st.handle(SlotRead(10.7, 3, "s3-late-1"))  # its worker came first
+    assert not of(Acquire, out)
+    assert st.slot_worker(3) == "s3-late-1"  # watched like any worker from now on
+    assert not of(Acquire, st.handle(Tick(15.0)))
+    out = st.handle(Dead(30.0, frozenset({"s3-late-1"})))
+    assert [(i.attempt, i.takeover_from) for i in of(Acquire, out)] == [(2, "s3-late-1")]
+
+
+def test_an_unreadable_slot_record_is_read_again_never_guessed() -> None:
+    a = Module(noop, name="a")
+    st = machine([a], {"a": 3}, heartbeat_timeout=10.0)
+    st.handle(Started(0.0))
+    st.handle(Tick(10.5))
+    assert not of(Acquire, st.handle(SlotRead(10.6, 3, None)))
+    assert not of(GiveUpSlot, st.handle(Tick(11.0)))  # not at once
+    assert of(GiveUpSlot, st.handle(Tick(13.2))) == [GiveUpSlot(3)]
+
+
+def test_a_slot_worker_whose_slot_was_given_up_claims_its_own_modules_and_grants_none() -> None:
+    a, b = Module(noop, name="a"), Module(noop, name="b")
+    st = machine([a, b], {"a": 0, "b": 0}, contested=True)
+    out = st.handle(Started(0.0), Listed(0.0, [*registered(ME, OTHER)], whole=True))
+    acquired = of(Acquire, out)
+    assert acquired and all((i.attempt, i.claim) == (2, True) for i in acquired)
+    assert acquired[0].takeover_from is None  # its own module: no "taking over" line
+    st.handle(Listed(1.0, [K.request("b", OTHER)], whole=True))
+    assert not of(Grant, st.handle(Tick(2.0)))
 
 
 # --------------------------------------------------------------------- run alone

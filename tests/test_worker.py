@@ -789,3 +789,23 @@ def test_an_archive_that_cannot_be_restored_fails_the_dependent_not_the_worker(
     assert records["use"].outcome is Outcome.FAILED
     assert "cannot prepare its inputs" in (records["use"].error or "")
     assert codes == [0, 1]  # the worker lived to report it
+
+
+def test_a_worker_whose_slot_was_given_up_runs_its_modules_through_claims(
+    tmp_path: Path, pipelines: Path
+) -> None:
+    from ciflow.distributed.messages import SlotRecord
+
+    file = pipelines / "basic.py"
+    url = f"file://{tmp_path / 'store'}"
+    store, keys = open_store(url), RunKeys("late")
+    plan = plan_pipeline(load_pipeline(file), [RunnerPool(count=1, os=None)])
+    publish_plan(store, keys, plan)
+    store.create(keys.slot(0), encode(SlotRecord(slot=0, worker="s1-other-1", given_up=True)))
+    result = runner.invoke(app, ["worker", "--slot", "0", "-f", str(file), "--store", url,
+                                 "--run-id", "late", *FAST])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "slot 0 was given up for lost by s1-other-1" in result.output
+    names = load_pipeline(file).order
+    assert all(store.get(keys.claim(n, 2)) is not None for n in names)  # claimed, not assumed
+    assert all(r.outcome is Outcome.SUCCEEDED for r in read_run(store, keys, names).records)

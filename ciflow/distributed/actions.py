@@ -26,6 +26,7 @@ from .events import (
     ClaimRead,
     Ended,
     Event,
+    GiveUpSlot,
     GoQuiet,
     Grant,
     HeldBy,
@@ -39,6 +40,7 @@ from .events import (
     Resolve,
     ResultRead,
     Say,
+    SlotRead,
     Start,
     StopRunning,
 )
@@ -190,6 +192,15 @@ class Actions:
     def _go_quiet(self, ins: GoQuiet) -> None:
         records.write_quiet(self.store, self.me.keys, ins.module, ins.attempt, self.me.worker)
 
+    def _give_up_slot(self, ins: GiveUpSlot) -> Event:
+        record = records.hold_slot(self.store, self.me.keys, ins.slot, self.me.worker, True)
+        if record is None:
+            self.say(f"warning: the record of slot {ins.slot} cannot be read; reading it again")
+            return SlotRead(time.monotonic(), ins.slot, None)
+        if not record.given_up:
+            self.say(f"slot {ins.slot} is served by {record.worker}: waiting for it")
+        return SlotRead(time.monotonic(), ins.slot, record.worker, record.given_up)
+
     def _stop_running(self, ins: StopRunning) -> None:
         self.executor.stop_all(ins.reason, ins.hard)
 
@@ -214,6 +225,7 @@ _HANDLERS: dict[type, Callable[[Actions, Any], Event | None]] = {
     Ask: Actions._ask,
     Grant: Actions._grant,
     GoQuiet: Actions._go_quiet,
+    GiveUpSlot: Actions._give_up_slot,
     StopRunning: Actions._stop_running,
     Say: Actions._say_line,
 }

@@ -26,10 +26,11 @@ __all__ = ["Kill", "parse_kill", "start_workers", "supervise"]
 
 @dataclass(frozen=True)
 class Kill:
-    """SIGKILL worker ``slot`` ``after`` seconds into the run."""
+    """Send worker ``slot`` ``sig`` (SIGKILL unless told) ``after`` seconds into the run."""
 
     slot: int
     after: float
+    sig: int = signal.SIGKILL
 
 
 STOP_GRACE = 10.0  # seconds a stopped dry-run gives its workers to drain before SIGKILL
@@ -161,8 +162,9 @@ def supervise(
                 kill = pending.pop(0)
                 proc = procs[kill.slot]
                 if proc.poll() is None:
-                    proc.send_signal(signal.SIGKILL)
-                    console.print(f"ciflow: dry-run: killed worker {kill.slot} (SIGKILL) at "
+                    proc.send_signal(kill.sig)
+                    name = signal.Signals(kill.sig).name
+                    console.print(f"ciflow: dry-run: sent worker {kill.slot} {name} at "
                                   f"{now:.1f}s")  # fmt: skip
             reap()
             time.sleep(0.02)

@@ -25,6 +25,7 @@ __all__ = [
     "Ended",
     "Event",
     "Finish",
+    "GiveUpSlot",
     "GoQuiet",
     "Grant",
     "HeldBy",
@@ -39,6 +40,7 @@ __all__ = [
     "Resolve",
     "ResultRead",
     "Say",
+    "SlotRead",
     "Start",
     "Started",
     "Stop",
@@ -136,6 +138,16 @@ class AloneRead:
 
 
 @dataclass(frozen=True)
+class SlotRead:
+    """The record of ``slot``: who serves it, or that it was given up (``worker`` None: unread)."""
+
+    now: float
+    slot: int
+    worker: str | None
+    given_up: bool = False
+
+
+@dataclass(frozen=True)
 class CancelRead:
     """The run's cancel record (fail-fast) was read."""
 
@@ -174,7 +186,7 @@ class Tick:
 
 Event = (
     Started | Listed | Dead | Capable | ResultRead | ClaimRead | Acquired | AloneRead
-    | CancelRead | Ended | Stop | Tick
+    | SlotRead | CancelRead | Ended | Stop | Tick
 )  # fmt: skip
 
 
@@ -280,6 +292,13 @@ class GoQuiet:
 
 
 @dataclass(frozen=True)
+class GiveUpSlot:
+    """Record that ``slot`` is served by nobody (unless its worker did first); answer `SlotRead`."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
 class StopRunning:
     """Cancel (``hard``: interrupt and hand back) every module running here."""
 
@@ -304,5 +323,5 @@ class Finish:
 
 Instruction = (
     ReadResult | ReadClaim | ReadRegistration | ReadAlone | ReadCancel | Acquire | Release
-    | Start | Resolve | Ask | Grant | GoQuiet | StopRunning | Say | Finish
+    | Start | Resolve | Ask | Grant | GoQuiet | GiveUpSlot | StopRunning | Say | Finish
 )  # fmt: skip

@@ -5,6 +5,7 @@ One namespace per run, ``runs/<run-id>/``::
     plan                               the plan (attempt 1 of every module belongs to its slot)
     cancel                             fail-fast: the run is cancelled
     workers/<worker>                   a registration
+    slots/<slot>                       who serves a slot, or that it was given up for lost
     alive/<worker>/<seq>               a heartbeat
     done/<worker>                      a deregistration (exit code, store operations)
     claims/<module>/<attempt>          who runs attempt k of a module (hand-over, takeover)
@@ -63,6 +64,7 @@ class RunKeys:
         self.plan = self.root + "plan"
         self.cancel = self.root + "cancel"
         self.workers = self.root + "workers/"
+        self.slots = self.root + "slots/"
         self.alive_prefix = self.root + "alive/"
         self.claims = self.root + "claims/"
         self.requests = self.root + "requests/"
@@ -74,6 +76,10 @@ class RunKeys:
 
     def worker(self, worker: str) -> str:
         return self.workers + worker
+
+    def slot(self, slot: int) -> str:
+        """Created once per slot: by its worker, or by a worker taking over a slot nobody serves."""
+        return f"{self.slots}{slot:04d}"
 
     def alive(self, worker: str, seq: int) -> str:
         return f"{self.alive_prefix}{worker}/{seq:010d}"
@@ -173,8 +179,14 @@ def _quiet(parts: list[str]) -> Key | None:
     return Key("quiet", module=parts[0], worker=parts[2], number=attempt)
 
 
+def _slot(parts: list[str]) -> Key | None:
+    slot = _number(parts[0]) if len(parts) == 1 else None
+    return None if slot is None else Key("slot", number=slot)
+
+
 _PARSERS: dict[str, _Parser] = {
     "workers": _one("worker"),
+    "slots": _slot,
     "done": _one("done"),
     "alive": _alive,
     "claims": _claim,

@@ -74,6 +74,8 @@ class Config:
     log_every: float = 30.0
     #: after a lease was found taken, how long before trying that module again
     lease_retry: float = 0.05
+    #: this slot was given up for lost before this worker came: claim own modules too
+    contested: bool = False
 
 
 @dataclass
@@ -174,6 +176,8 @@ class Knowledge:
     over: bool = False
     ran_bad: list[str] = field(default_factory=list)
     alone: AloneState = field(default_factory=AloneState)
+    #: slot -> (what its record says: "pending", "unread", "given up" or a worker, since when)
+    slot_records: dict[int, tuple[str, float]] = field(default_factory=dict)
     last_log: float = 0.0
     unservable_since: dict[str, float] = field(default_factory=dict)
     lease_retry: dict[str, float] = field(default_factory=dict)

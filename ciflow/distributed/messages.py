@@ -39,6 +39,7 @@ __all__ = [
     "Marker",
     "Quiet",
     "Registration",
+    "SlotRecord",
     "StealRequest",
     "decode",
     "encode",
@@ -98,6 +99,19 @@ class Claim(_Message):
     granted_by: str | None = None
     #: how many workers died while they held this module (attempts lost to executor deaths)
     deaths: int = 0
+
+
+class SlotRecord(_Message):
+    """Who serves slot ``slot``: its worker, or (``given_up``) a worker that found it unserved.
+
+    Created once (create-if-absent): a slot's worker that finds the slot given up claims its
+    modules explicitly, like any other worker, instead of running attempt 1 without a record.
+    """
+
+    kind: Literal["slot"] = "slot"
+    slot: int
+    worker: str
+    given_up: bool = False
 
 
 class StealRequest(_Message):

@@ -16,12 +16,23 @@ from ..stores.base import Store, StoreError
 from .blob import BlobError
 from .events import HeldBy
 from .keys import RunKeys, lease_resource
-from .messages import CancelRecord, Claim, Lease, Quiet, Registration, StealRequest, decode, encode
+from .messages import (
+    CancelRecord,
+    Claim,
+    Lease,
+    Quiet,
+    Registration,
+    SlotRecord,
+    StealRequest,
+    decode,
+    encode,
+)
 
 __all__ = [
     "capabilities_of",
     "offered",
     "drop_leases",
+    "hold_slot",
     "read_alone_lease",
     "read_cancel",
     "read_claim",
@@ -32,7 +43,7 @@ __all__ = [
 ]
 
 
-M = TypeVar("M", Claim, Lease, CancelRecord, Registration)
+M = TypeVar("M", Claim, Lease, CancelRecord, Registration, SlotRecord)
 
 
 def _decode_or_none(model: type[M], data: bytes | None, key: str) -> M | None:
@@ -49,6 +60,20 @@ def read_claim(store: Store, keys: RunKeys, module: str, attempt: int) -> HeldBy
     key = keys.claim(module, attempt)
     claim = _decode_or_none(Claim, store.get(key), key)
     return None if claim is None else HeldBy(claim.worker, claim.deaths)
+
+
+def hold_slot(
+    store: Store, keys: RunKeys, slot: int, worker: str, given_up: bool
+) -> SlotRecord | None:
+    """Create the record of ``slot``; the one that was there first (None: it cannot be read).
+
+    A record of our own found after a retried create is ours: the first try was applied.
+    """
+    key = keys.slot(slot)
+    record = SlotRecord(slot=slot, worker=worker, given_up=given_up)
+    if store.create(key, encode(record)):
+        return record
+    return _decode_or_none(SlotRecord, store.get(key), key)
 
 
 def write_claim(

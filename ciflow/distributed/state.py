@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ..execution.policy import cannot_run, dependency_verdict
 from ..model.module import Module
 from ..model.outcome import Outcome
-from . import alone, stealing
+from . import alone, slots, stealing
 from .events import (
     Acquire,
     Acquired,
@@ -48,6 +48,7 @@ from .events import (
     Resolve,
     ResultRead,
     Say,
+    SlotRead,
     Start,
     Started,
     Stop,
@@ -104,6 +105,8 @@ class WorkerState(Knowledge):
                 self._acquired(event, out)
             case AloneRead():
                 alone.read(self, event)
+            case SlotRead():
+                slots.read(self, event)
             case CancelRead(reason=reason):
                 self._cancelled(reason, out)
             case Ended():
@@ -394,14 +397,14 @@ class WorkerState(Knowledge):
         info = self.claims.get(name)
         if info is None:
             slot = self.plan.owner[name]
-            if slot == self.config.slot:
-                return Hold(1, claim=False)
+            if slot == self.config.slot:  # contested: claims arbitrate with who gave it up
+                return Hold(2, claim=True) if self.config.contested else Hold(1, claim=False)
             owner = self.slot_worker(slot)
             if owner is None:
-                if (
-                    self.started_at is not None
-                    and now - self.started_at > self.config.heartbeat_timeout
-                ):
+                late = self.started_at is not None and (
+                    now - self.started_at > self.config.heartbeat_timeout
+                )
+                if late and slots.given_up(self, slot, now, out):
                     return Hold(2, claim=True, takeover_from=f"slot {slot}, which no worker serves")
                 return None
             if owner in self.dead:

@@ -53,8 +53,8 @@ def expire(st: Knowledge, name: str, now: float) -> None:
 
 def grant(st: Knowledge, name: str, now: float, out: list[Instruction]) -> None:
     """Give attempt 1 of our waiting module ``name`` to the first live worker that asked."""
-    if st.draining or name in st.claims:
-        return
+    if st.draining or name in st.claims or st.config.contested:
+        return  # contested: attempt 1 is not ours to give (claims decide, see `slots`)
     me = st.config.worker
     askers = [
         w for w in st.requests.get(name, ())

@@ -27,6 +27,7 @@ from ..planning.planner import DistributedExecutionPlan
 from ..providers.registry import current
 from ..stores.base import Store, StoreError
 from ..ui.console import Console
+from . import records
 from .actions import Actions
 from .events import (
     Event,
@@ -130,6 +131,7 @@ class Worker:
         self._inbox: queue.SimpleQueue[Event | Crashed] = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._signals = 0
+        self._contested = False
         self._warned_twice = False
         self._finish_at: dict[str, float] = {}
         self._drift = 0.0
@@ -155,6 +157,7 @@ class Worker:
             self.options.runs_on,
         )  # fmt: skip
         self._say(f"registered as {reg.worker} (slot {reg.slot}, {reg.os}/{reg.arch})")
+        self._contested = self._hold_slot()
         # the registration is the first sign of life: the first beat follows one interval later
         beats = HeartbeatThread(self.store, self.keys, self.worker_id, self.heartbeat_interval)
         if own_job is None:
@@ -177,6 +180,27 @@ class Worker:
             beats.stop()
             self._leave(code)
         return code
+
+    def _hold_slot(self) -> bool:
+        """Record that this worker serves its slot; True if the slot was given up or taken first.
+
+        Then this worker claims its own modules explicitly (see `slots`).
+        """
+        slot = self.options.slot
+        try:
+            record = records.hold_slot(self.store, self.keys, slot, self.worker_id, False)
+        except StoreError as exc:  # unknown whether it was written: take the safe side
+            self._say(f"warning: cannot record slot {slot} ({exc})")
+            record = None
+        if record is not None and record.worker == self.worker_id and not record.given_up:
+            return False
+        why = (
+            "cannot be read" if record is None
+            else "was given up for lost by " + record.worker if record.given_up
+            else "is served by " + record.worker
+        )  # fmt: skip
+        self._say(f"slot {slot} {why}: this worker claims its modules like any other's")
+        return True
 
     def stop(self, hard: bool = False) -> None:
         """Drain: start nothing new; with ``hard``, also stop running modules and hand back."""
@@ -276,6 +300,7 @@ class Worker:
             heartbeat_timeout=self.heartbeat_timeout,
             steal_delay=self.options.steal_delay,
             ask_expiry=4 * max(self.slow_poll, self.store.poll) + 1.0,
+            contested=self._contested,
         )
         return WorkerState(plan=view, config=config, keys=self.keys)
 
