@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from ciflow.distributed.results import read_run  # noqa: E402
 from ciflow.model.pipeline import load_pipeline  # noqa: E402
 from ciflow.planning.planner import RunnerPool, plan_pipeline  # noqa: E402
 from ciflow.stores import open_store  # noqa: E402
+from ciflow.testing import environ  # noqa: E402
 from ciflow.testing.emulator import GitHubEmulator  # noqa: E402
 from ciflow.ui.console import Console  # noqa: E402
 
@@ -44,9 +44,7 @@ def run_flow(
     extra: list[str],
 ) -> tuple[float, list[int], int]:
     """Publish a plan, run the workers, read the run back; (wall seconds, exit codes, modules)."""
-    saved = {k: os.environ.get(k) for k in plan_env}
-    os.environ.update(plan_env)
-    try:
+    with environ(plan_env):
         store = open_store(url)
         pipeline = load_pipeline(file)
         keys = RunKeys("bench-1")
@@ -67,12 +65,6 @@ def run_flow(
         if missing:
             sys.exit(f"modules without a result: {missing}")
         return wall, codes, len(result.records)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 PIPELINE = """

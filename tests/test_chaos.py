@@ -1,0 +1,40 @@
+"""The chaos suite's fast subset: one fixed case per category (bench/chaos.py runs hundreds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ciflow.testing.chaos import CATEGORIES, Case, run_case
+
+pytestmark = pytest.mark.chaos
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_a_chaos_case_of_each_category_holds_every_invariant(category: str, tmp_path: Path) -> None:
+    verdict = run_case(Case(category, seed=1000 + CATEGORIES.index(category)), root=tmp_path)
+    assert verdict.held, "\n".join(verdict.broken)
+
+
+def test_the_checks_catch_a_broken_invariant(tmp_path: Path) -> None:
+    """The checker is not blind: a ledger double run, a leaked secret and a stray file fail it."""
+    import json
+
+    from ciflow.testing.chaos import _Pipeline
+    from ciflow.testing.chaos_checks import check
+
+    case = Case("kill", seed=1)
+    for name in ("src", "outside", "workspaces", "store"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "outside" / "target.txt").write_text("x")
+    (tmp_path / "stray.txt").write_text("!")
+    (tmp_path / "store" / "rec").write_text(case.secret)
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(["m0", 1]) + "\n" + json.dumps(["m0", 2]))
+    report = {"exit_code": 0, "modules": [{"name": "m0", "outcome": "succeeded", "result": 5}]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    broken = check(case, _Pipeline({"m0": []}, {}), tmp_path, [], [], "", (0, "OK: 1 module(s)"))
+    assert any("m0 succeeded with 5, not 1" in b for b in broken), broken
+    assert any("m0 ran 2 times" in b for b in broken), broken
+    assert any("stray.txt written outside" in b for b in broken), broken
+    assert any("secret is in a record of the store" in b for b in broken), broken
