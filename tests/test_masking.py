@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +18,12 @@ from hypothesis import strategies as st
 import ciflow
 from ciflow.execution.masking import MASK, MASKER, Masker
 from ciflow.model.outcome import Outcome, RunResult
+from ciflow.testing.chaos_checks import found_in_files
 from ciflow.ui.console import Console
 from ciflow.ui.report import build_report
 from ciflow.ui.summary import render_summary
+
+PIPELINES = Path(__file__).parent / "pipelines"
 
 # the Masker ----------------------------------------------------------------------------------
 
@@ -306,3 +312,44 @@ def test_report_is_built_when_a_secret_spans_json_syntax(tmp_path: Path, out: io
     assert result.records[0].outcome is Outcome.SUCCEEDED
     report = build_report(result)
     assert report.modules[0].result == {"user": "hunter2"}
+
+
+# across the store: a distributed run's records are clean before they leave the worker ---------
+
+
+def _ciflow(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ciflow", *args], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=180, check=False,
+    )  # fmt: skip
+
+
+def test_a_distributed_run_stores_no_secret_and_its_summary_needs_none(tmp_path: Path) -> None:
+    secret = 'dist-s3cr3t"pa%40ss'  # a quote: escaped in JSON text, still found and masked
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CIFLOW_")}
+    store = tmp_path / "store"
+    ran = _ciflow(
+        ["dry-run", "-k", "--workers", "2", "--store", store.as_uri(),
+         "-f", str(PIPELINES / "secrets.py"), "--report", str(tmp_path / "dry.json")],
+        tmp_path, {**clean, "CIFLOW_TEST_SECRET": secret},
+    )  # fmt: skip
+    assert ran.returncode == 1, ran.stdout + ran.stderr  # masks_and_fails failed
+    assert "the result of returns contains a registered secret" in ran.stdout
+    (run_id,) = [p.name for p in (store / "runs").iterdir()]
+    # the summary job has neither the secret nor the password registered with ctx.mask
+    summary = _ciflow(
+        ["summary", "--store", store.as_uri(), "--run-id", run_id,
+         "--report", str(tmp_path / "summary.json")],
+        tmp_path, clean,
+    )  # fmt: skip
+    assert summary.returncode == 1, summary.stdout + summary.stderr
+    for needle in (secret, "pw-only-this-worker-knows"):
+        for text in (ran.stdout, ran.stderr, summary.stdout, summary.stderr):
+            assert needle not in text
+        for report in ("dry.json", "summary.json"):
+            assert needle not in (tmp_path / report).read_text()
+        assert not found_in_files(store, needle.encode())
+    modules = {m["name"]: m for m in json.loads((tmp_path / "summary.json").read_text())["modules"]}
+    assert modules["masks_and_fails"]["error"] == "RuntimeError: login failed with ***"
+    assert modules["returns"]["result"] == {"header": "Bearer ***"}
+    assert modules["reads"]["result"] == "Bearer ***"  # what the dependent got: the masked value

@@ -218,6 +218,7 @@ class ModuleExecutor:
             self.store, self.me.keys, record, attempt=attempt, worker=self.me.worker,
             slot=self.me.slot, workdir=self.me.workdir, outputs=mod.outputs,
             failpoint=lambda: failpoint("after-outputs", name), cache=self.results,
+            warn=self.console.message,
         )  # fmt: skip
         self.cancel_run(record)  # packing its outputs may have failed it
         with self._restore_lock:

@@ -10,19 +10,21 @@ succeeded, and only a marked result is downloaded to learn why it did not.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from ..execution.masking import MASKER
 from ..model.outcome import ModuleRecord, Outcome, RunResult
 from ..stores.base import Store, StoreError
 from .blob import BlobError, OutputRef, ResultHeader, decode_result, encode_result
 from .keys import RunKeys
 from .messages import Marker, encode
 
-__all__ = ["ResultCache", "publish_result", "read_run"]
+__all__ = ["ResultCache", "mask_record", "publish_result", "read_run"]
 
 
 def publish_result(
@@ -37,13 +39,21 @@ def publish_result(
     outputs: Sequence[str] = (),
     failpoint: Callable[[], None] | None = None,
     cache: ResultCache | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> bool:
     """Upload outputs (if the module succeeded and declared any), then the result.
 
     Outputs that cannot be packed (a link leaving the workspace, an unreadable file) fail the
-    module: the record becomes ``failed`` with the reason. Returns False when another
-    attempt's result was already there (this one is discarded).
+    module: the record becomes ``failed`` with the reason. Every registered secret is masked
+    in the record first (`mask_record`), so the store never holds one. Returns False when
+    another attempt's result was already there (this one is discarded).
     """
+    if mask_record(record) and warn is not None:
+        warn(
+            f"the result of {record.name} contains a registered secret: it is stored masked "
+            "(***), and dependents on other runners get the masked value; pass secrets to "
+            "dependents through the environment (ciflow.secret) instead"
+        )
     outcome = record.outcome or Outcome.CANCELLED
     shipped: list[OutputRef] = []
     if outputs and outcome in (Outcome.SUCCEEDED, Outcome.IGNORED_FAILURE):
@@ -72,6 +82,26 @@ def publish_result(
     if written and cache is not None:
         cache.remember(record.name, header, payload)
     return written
+
+
+def mask_record(record: ModuleRecord) -> bool:
+    """Mask registered secrets in ``record`` in place; True if its result value held one.
+
+    Errors and skip reasons are masked silently; a result whose JSON holds a secret is
+    re-encoded with every string masked (the caller warns: the value dependents get changes).
+    """
+    if record.error:
+        record.error = MASKER.mask(record.error)
+    if record.skip_reason:
+        record.skip_reason = MASKER.mask(record.skip_reason)
+    if not record.result:
+        return False
+    value = json.loads(record.result)  # the parsed value: in JSON text a secret may be escaped
+    masked = MASKER.mask_data(value)
+    if masked == value:
+        return False
+    record.result = json.dumps(masked).encode()
+    return True
 
 
 def _ship_outputs(

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import CommandFailed, ModuleCancelled, ResultTypeError
 from ..model.module import Module
 from ..model.pipeline import Binding
+from .capture import routed
 from .context import Context
 from .process import Cancellation
 
@@ -62,7 +63,8 @@ def run_attempt(
 
     ``context`` makes the module's `Context` (called only if the module takes one or has a
     skip condition); ``on_start`` is called just before the function (the caller's clock
-    starts there); ``output`` receives traceback lines of a failure. The skip condition is
+    starts there); ``output`` receives what the function prints (`ciflow.execution.capture`)
+    and the traceback lines of a failure. The skip condition is
     evaluated on the first attempt only.
     """
     name = mod.name
@@ -79,10 +81,11 @@ def run_attempt(
         kwargs[param] = inputs.get(dep)
     on_start()
     try:
-        if mod.is_async:
-            value = _run_async(loop, mod.fn(**kwargs), cancellation)
-        else:
-            value = mod.fn(**kwargs)
+        with routed(name, output):  # print() and sys.stderr of the module: its output lines
+            if mod.is_async:
+                value = _run_async(loop, mod.fn(**kwargs), cancellation)
+            else:
+                value = mod.fn(**kwargs)
         cancellation.check()
         data = binding.result.encode(value, name)
         if not binding.result.is_none:

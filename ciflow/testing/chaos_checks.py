@@ -181,7 +181,7 @@ def _confinement(case: Case, folder: Path) -> list[str]:
     outside = sorted(p.name for p in (folder / "outside").iterdir())
     if outside != ["target.txt"]:
         broken.append(f"outside/ now holds {outside}")
-    if _found(folder / "store", f"outside-{case.seed}".encode()):
+    if found_in_files(folder / "store", f"outside-{case.seed}".encode()):
         broken.append("the store holds the content of a file outside the workspace")
     return broken
 
@@ -196,12 +196,12 @@ def _secrets(case: Case, folder: Path, text: str) -> list[str]:
             broken.append("the secret is in the report")
     except OSError:
         pass
-    if _found(folder / "store", secret.encode()):
+    if found_in_files(folder / "store", secret.encode()):
         broken.append("the secret is in a record of the store")
     return broken
 
 
-def _found(root: Path, needle: bytes) -> bool:
+def found_in_files(root: Path, needle: bytes) -> bool:
     """Whether ``needle`` is in any file below ``root``, as it is or in a zstd frame inside."""
     import pyzstd
 

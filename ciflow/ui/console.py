@@ -12,6 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from ..execution.capture import real
 from ..execution.masking import MASKER, Masker
 from ..model.outcome import ModuleRecord, Outcome
 
@@ -71,7 +72,8 @@ class Console:
         masker: Masker = MASKER,
         provider: Provider | None = None,
     ) -> None:
-        self.stream = stream if stream is not None else sys.stdout
+        # the real stream, not the capture that routes module prints back into this console
+        self.stream = real(stream if stream is not None else sys.stdout)
         tty = _isatty(self.stream)
         self.live = tty and not os.environ.get("CI") if live is None else live
         self.color = (tty and not os.environ.get("NO_COLOR")) if color is None else color
