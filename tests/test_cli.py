@@ -243,3 +243,40 @@ def test_plan_prices_transfers_by_the_scheme_of_its_store(tmp_path: Path) -> Non
         assert json.loads(result.stdout)["inputs"]["transfer"]["store"] == kind
     result = runner.invoke(app, ["plan", "-f", str(pipeline), "--store-kind", "github"])
     assert result.exit_code == 2  # the option is gone: the store's URL says it
+
+
+_BASE_EXCEPTIONS = [
+    ("KeyboardInterrupt", "KeyboardInterrupt"),
+    ("SystemExit", "SystemExit: 3"),
+    ("GeneratorExit", "GeneratorExit: closed"),
+    ("Custom", "Custom: custom base exception"),
+]
+
+
+@pytest.mark.parametrize("where", ["sync", "async", "skip_if"])
+@pytest.mark.parametrize(("kind", "reason"), _BASE_EXCEPTIONS)
+def test_a_module_raising_a_base_exception_fails_only_that_module(
+    pipelines: Path, tmp_path: Path, where: str, kind: str, reason: str
+) -> None:
+    """KeyboardInterrupt, SystemExit or any BaseException from a module (its function, async or
+    not, or its skip_if) fails that module; the run still ends with the module-failure code."""
+    report = tmp_path / "report.json"
+    env = {**os.environ, "CIFLOW_TEST_RAISE": kind, "CIFLOW_TEST_WHERE": where}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ciflow", "run", "-k", "--no-history", "--report", str(report),
+         "-f", str(pipelines / "base_exceptions.py")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    modules = {m["name"]: m for m in json.loads(report.read_text())["modules"]}
+    assert {name: m["outcome"] for name, m in modules.items()} == {
+        "explodes": "failed",
+        "needs_it": "dependency_failed",
+        "needs_that": "dependency_failed",
+        "independent": "succeeded",
+        "after_independent": "succeeded",
+    }
+    assert reason in modules["explodes"]["error"]
+    if where == "skip_if":
+        assert modules["explodes"]["error"].startswith("skip_if raised ")
+    assert "interrupted" not in proc.stdout + proc.stderr
