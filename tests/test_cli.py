@@ -280,3 +280,46 @@ def test_a_module_raising_a_base_exception_fails_only_that_module(
     if where == "skip_if":
         assert modules["explodes"]["error"].startswith("skip_if raised ")
     assert "interrupted" not in proc.stdout + proc.stderr
+
+
+_LOADING_COMMANDS = [
+    ["run"],
+    ["validate"],
+    ["list"],
+    ["graph"],
+    ["plan", "--workers", "1", "--store", "memory://import", "--run-id", "r"],
+    ["worker", "--slot", "0", "--store", "memory://import", "--run-id", "r"],
+    ["dry-run", "--workers", "1"],
+]
+
+
+def _ciflow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ciflow", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("command", _LOADING_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    ("file", "message"),
+    [
+        ("exit_at_import.py", "the pipeline file called sys.exit(7) at import"),
+        ("base_exception_at_import.py", "error while importing the pipeline: Abort: "),
+    ],
+)
+def test_an_exit_or_base_exception_at_import_is_a_definition_error(
+    pipelines: Path, command: list[str], file: str, message: str
+) -> None:
+    """Every command that loads the pipeline exits 2 with one line, not the file's own code."""
+    proc = _ciflow(*command, "-f", str(pipelines / file))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"ciflow: error: {file}:")
+    assert message in proc.stderr
+
+
+@pytest.mark.parametrize("command", _LOADING_COMMANDS, ids=lambda c: c[0])
+def test_keyboard_interrupt_at_import_is_an_interrupt(pipelines: Path, command: list[str]) -> None:
+    proc = _ciflow(*command, "-f", str(pipelines / "interrupt_at_import.py"))
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert proc.stderr == "ciflow: interrupted\n"

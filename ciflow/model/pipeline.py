@@ -277,7 +277,11 @@ def _bind(mod: Module) -> Binding:
 
 
 def load_pipeline(path: str | Path | None = None) -> Pipeline:
-    """Import the pipeline file (default ``./ciflow.py``) and return its validated `Pipeline`."""
+    """Import the pipeline file (default ``./ciflow.py``) and return its validated `Pipeline`.
+
+    Whatever the import raises becomes one-line `PipelineLoadError` (``sys.exit()`` included),
+    except ``KeyboardInterrupt``, which stays an interrupt.
+    """
     file = Path(path if path is not None else DEFAULT_FILE).expanduser().resolve()
     if not file.is_file():
         hint = "pass -f PATH" if path is None else "check the path given with -f"
@@ -302,10 +306,20 @@ def load_pipeline(path: str | Path | None = None) -> Pipeline:
         ) from exc
     except CiflowError:
         raise
-    except Exception as exc:
+    except KeyboardInterrupt:  # Ctrl-C while importing: the command is interrupted (exit 130)
+        raise
+    except SystemExit as exc:  # sys.exit() in the pipeline file must not end ciflow silently
         line = _user_line(exc, file)
+        code = "" if exc.code is None else repr(exc.code)
         raise PipelineLoadError(
-            f"{file.name}{line}: error while importing the pipeline: {type(exc).__name__}: {exc}"
+            f"{file.name}{line}: the pipeline file called sys.exit({code}) at import; a pipeline "
+            "file only defines modules (put the check inside a module or a skip_if)"
+        ) from exc
+    except BaseException as exc:  # noqa: BLE001 - any other failure of the import is the file's
+        line = _user_line(exc, file)
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise PipelineLoadError(
+            f"{file.name}{line}: error while importing the pipeline: {what}"
         ) from exc
     finally:
         modules = _modules.registered()
