@@ -77,6 +77,9 @@ def test_keep_going_flag(pipelines: Path) -> None:
         ("bad_parameter.py", "parameter 'wheel' names no dependency"),
         ("import_error.py", "KeyError: 'missing'"),
         ("missing.py", "pipeline file not found"),
+        ("parameter_clash.py", "modules 'a_b' (parameter_clash.py:6) and 'a-b' both bind to"),
+        ("long_name.py", "long_name.py:6: module 'xxxx"),
+        ("long_name.py", "name has 300 characters; at most 64 (so that every store"),
         ("unmet_requirement.py", "'needs_tool' needs tool 'ciflow-no-such-tool' on PATH"),
     ],
 )
@@ -323,3 +326,18 @@ def test_keyboard_interrupt_at_import_is_an_interrupt(pipelines: Path, command: 
     proc = _ciflow(*command, "-f", str(pipelines / "interrupt_at_import.py"))
     assert proc.returncode == 130, proc.stdout + proc.stderr
     assert proc.stderr == "ciflow: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("file", "message"),
+    [
+        ("parameter_clash.py", "both bind to the parameter 'a_b'; rename one of them"),
+        ("long_name.py", "name has 300 characters; at most 64"),
+    ],
+)
+def test_validate_refuses_what_a_run_could_not_store_or_bind(
+    pipelines: Path, file: str, message: str
+) -> None:
+    code, out, err = invoke("validate", "-f", str(pipelines / file))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err

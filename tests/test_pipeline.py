@@ -232,3 +232,41 @@ def test_skip_keeps_the_module_listed_as_skipped() -> None:
 def test_selectors_matching_nothing_are_errors(kwargs: dict[str, list[str]], message: str) -> None:
     with pytest.raises(SelectionError, match=message):
         _selection_pipeline().select(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("first", "second"), [("a_b", "a-b"), ("a-b", "a.b"), ("a.b", "a_b")])
+def test_two_modules_binding_to_one_parameter_are_refused(first: str, second: str) -> None:
+    ciflow.module(name=first)(lambda: 1)
+    ciflow.module(name=second)(lambda: 2)
+
+    @ciflow.module(depends_on=[first, second])
+    def uses(a_b: int) -> None: ...
+
+    with pytest.raises(
+        DuplicateModuleError,
+        match=rf"^test_pipeline.py:\d+: modules {first!r} \(test_pipeline.py:\d+\) and "
+        rf"{re.escape(repr(second))} both bind to the parameter 'a_b'; rename one of them$",
+    ):
+        Pipeline(registered())
+
+
+def test_modules_binding_to_one_parameter_are_refused_even_if_nothing_uses_them() -> None:
+    ciflow.module(name="lint-py")(lambda: None)
+    ciflow.module(name="lint_py")(lambda: None)
+    with pytest.raises(DuplicateModuleError, match="'lint-py' .* and 'lint_py' both bind"):
+        Pipeline(registered())
+
+
+def test_names_differing_only_in_case_are_refused() -> None:
+    ciflow.module(name="Build")(lambda: None)
+    ciflow.module(name="build")(lambda: None)
+    with pytest.raises(DuplicateModuleError, match="'Build' .* and 'build' differ only in case"):
+        Pipeline(registered())
+
+
+def test_a_name_clash_in_a_file_is_a_load_error(pipelines: Path) -> None:
+    with pytest.raises(
+        DuplicateModuleError,
+        match=r"^parameter_clash.py:11: modules 'a_b' \(parameter_clash.py:6\) and 'a-b' both",
+    ):
+        load_pipeline(pipelines / "parameter_clash.py")

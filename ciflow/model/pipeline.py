@@ -22,6 +22,7 @@ from typing import Any
 from .._gc import gc_paused
 from ..errors import (
     CiflowError,
+    DuplicateModuleError,
     PipelineError,
     PipelineLoadError,
     SelectionError,
@@ -77,6 +78,7 @@ class Pipeline:
             raise PipelineError(
                 f"no modules defined{where}; decorate functions with @ciflow.module"
             )
+        _check_distinct(self.modules.values())
         self.order: list[str] = self._dependency_order()
         self.bindings: dict[str, Binding] = {name: _bind(mod) for name, mod in self.modules.items()}
         limits: dict[str, int] = {}
@@ -184,7 +186,34 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 
 
 def _param_key(name: str) -> str:
+    """The parameter a module's result binds to: its name with ``-`` and ``.`` as ``_``."""
     return name if name.isidentifier() else re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _check_distinct(modules: Iterable[Module]) -> None:
+    """Refuse two modules that bind to one parameter or whose names differ only in case.
+
+    ``a_b``, ``a-b`` and ``a.b`` all bind to the parameter ``a_b``, so a dependent could not say
+    which result it wants; ``Build`` and ``build`` would be one record on a store in a
+    case-insensitive folder (the file store on macOS or Windows).
+    """
+    params: dict[str, Module] = {}
+    folded: dict[str, Module] = {}
+    for mod in modules:
+        key = _param_key(mod.name)
+        other = params.setdefault(key, mod)
+        if other is not mod:
+            raise DuplicateModuleError(
+                f"{mod.source}: modules {other.name!r} ({other.source}) and {mod.name!r} both "
+                f"bind to the parameter {key!r}; rename one of them"
+            )
+        other = folded.setdefault(mod.name.casefold(), mod)
+        if other is not mod:
+            raise DuplicateModuleError(
+                f"{mod.source}: modules {other.name!r} ({other.source}) and {mod.name!r} differ "
+                "only in case, which stores in case-insensitive folders cannot tell apart; "
+                "rename one of them"
+            )
 
 
 _UNSET: Any = object()
