@@ -77,6 +77,9 @@ def test_keep_going_flag(pipelines: Path) -> None:
         ("bad_parameter.py", "parameter 'wheel' names no dependency"),
         ("import_error.py", "KeyError: 'missing'"),
         ("missing.py", "pipeline file not found"),
+        ("parameter_clash.py", "modules 'a_b' (parameter_clash.py:6) and 'a-b' both bind to"),
+        ("long_name.py", "long_name.py:6: module 'xxxx"),
+        ("long_name.py", "name has 300 characters; at most 64 (so that every store"),
         ("unmet_requirement.py", "'needs_tool' needs tool 'ciflow-no-such-tool' on PATH"),
     ],
 )
@@ -243,3 +246,98 @@ def test_plan_prices_transfers_by_the_scheme_of_its_store(tmp_path: Path) -> Non
         assert json.loads(result.stdout)["inputs"]["transfer"]["store"] == kind
     result = runner.invoke(app, ["plan", "-f", str(pipeline), "--store-kind", "github"])
     assert result.exit_code == 2  # the option is gone: the store's URL says it
+
+
+_BASE_EXCEPTIONS = [
+    ("KeyboardInterrupt", "KeyboardInterrupt"),
+    ("SystemExit", "SystemExit: 3"),
+    ("GeneratorExit", "GeneratorExit: closed"),
+    ("Custom", "Custom: custom base exception"),
+]
+
+
+@pytest.mark.parametrize("where", ["sync", "async", "skip_if"])
+@pytest.mark.parametrize(("kind", "reason"), _BASE_EXCEPTIONS)
+def test_a_module_raising_a_base_exception_fails_only_that_module(
+    pipelines: Path, tmp_path: Path, where: str, kind: str, reason: str
+) -> None:
+    """KeyboardInterrupt, SystemExit or any BaseException from a module (its function, async or
+    not, or its skip_if) fails that module; the run still ends with the module-failure code."""
+    report = tmp_path / "report.json"
+    env = {**os.environ, "CIFLOW_TEST_RAISE": kind, "CIFLOW_TEST_WHERE": where}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ciflow", "run", "-k", "--no-history", "--report", str(report),
+         "-f", str(pipelines / "base_exceptions.py")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    modules = {m["name"]: m for m in json.loads(report.read_text())["modules"]}
+    assert {name: m["outcome"] for name, m in modules.items()} == {
+        "explodes": "failed",
+        "needs_it": "dependency_failed",
+        "needs_that": "dependency_failed",
+        "independent": "succeeded",
+        "after_independent": "succeeded",
+    }
+    assert reason in modules["explodes"]["error"]
+    if where == "skip_if":
+        assert modules["explodes"]["error"].startswith("skip_if raised ")
+    assert "interrupted" not in proc.stdout + proc.stderr
+
+
+_LOADING_COMMANDS = [
+    ["run"],
+    ["validate"],
+    ["list"],
+    ["graph"],
+    ["plan", "--workers", "1", "--store", "memory://import", "--run-id", "r"],
+    ["worker", "--slot", "0", "--store", "memory://import", "--run-id", "r"],
+    ["dry-run", "--workers", "1"],
+]
+
+
+def _ciflow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ciflow", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("command", _LOADING_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    ("file", "message"),
+    [
+        ("exit_at_import.py", "the pipeline file called sys.exit(7) at import"),
+        ("base_exception_at_import.py", "error while importing the pipeline: Abort: "),
+    ],
+)
+def test_an_exit_or_base_exception_at_import_is_a_definition_error(
+    pipelines: Path, command: list[str], file: str, message: str
+) -> None:
+    """Every command that loads the pipeline exits 2 with one line, not the file's own code."""
+    proc = _ciflow(*command, "-f", str(pipelines / file))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"ciflow: error: {file}:")
+    assert message in proc.stderr
+
+
+@pytest.mark.parametrize("command", _LOADING_COMMANDS, ids=lambda c: c[0])
+def test_keyboard_interrupt_at_import_is_an_interrupt(pipelines: Path, command: list[str]) -> None:
+    proc = _ciflow(*command, "-f", str(pipelines / "interrupt_at_import.py"))
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert proc.stderr == "ciflow: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("file", "message"),
+    [
+        ("parameter_clash.py", "both bind to the parameter 'a_b'; rename one of them"),
+        ("long_name.py", "name has 300 characters; at most 64"),
+    ],
+)
+def test_validate_refuses_what_a_run_could_not_store_or_bind(
+    pipelines: Path, file: str, message: str
+) -> None:
+    code, out, err = invoke("validate", "-f", str(pipelines / file))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err

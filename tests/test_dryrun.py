@@ -60,3 +60,40 @@ def test_a_stopped_dry_run_stops_its_workers_and_removes_its_folder(
     for pid in (*workers, child, grandchild):
         assert not _alive(pid), f"pid {pid} outlived the dry-run"
     assert out.rstrip().endswith("ciflow: interrupted"), out
+
+
+@pytest.mark.parametrize("where", ["sync", "async", "skip_if"])
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("KeyboardInterrupt", "KeyboardInterrupt"),
+        ("SystemExit", "SystemExit: 3"),
+        ("GeneratorExit", "GeneratorExit: closed"),
+        ("Custom", "Custom: custom base exception"),
+    ],
+)
+def test_a_base_exception_of_a_module_fails_it_on_a_worker(
+    tmp_path: Path, where: str, kind: str, reason: str
+) -> None:
+    """On a distributed worker too a module's BaseException is its failure: the worker goes on,
+    its dependents are dependency_failed, the other slot's modules succeed, the run ends."""
+    import json
+
+    report = tmp_path / "report.json"
+    env = {**os.environ, "CIFLOW_TEST_RAISE": kind, "CIFLOW_TEST_WHERE": where}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ciflow", "dry-run", "--workers", "2", "-k",
+         "--report", str(report), "-f", str(PIPELINES / "base_exceptions.py")],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    modules = {m["name"]: m for m in json.loads(report.read_text())["modules"]}
+    assert {name: m["outcome"] for name, m in modules.items()} == {
+        "explodes": "failed",
+        "needs_it": "dependency_failed",
+        "needs_that": "dependency_failed",
+        "independent": "succeeded",
+        "after_independent": "succeeded",
+    }
+    assert reason in modules["explodes"]["error"]
+    assert "interrupted" not in proc.stdout + proc.stderr

@@ -660,3 +660,51 @@ def test_invariants_on_random_pipelines(
         for i in range(n):
             if all(outcomes[f"m{d}"].ok for d in deps[i]):
                 assert f"m{i}" in timeline.spans
+
+
+class _Abort(BaseException):
+    """A BaseException that `except Exception` does not catch."""
+
+
+def test_async_modules_raising_base_exceptions_leave_the_thread_and_its_loop_usable(
+    tmp_path: Path,
+) -> None:
+    """With one thread (one event loop reused by its async modules), a KeyboardInterrupt,
+    SystemExit or other BaseException escaping an async module fails just that module; the
+    thread and its loop go on to run the next modules."""
+
+    def raiser(name: str, exc: BaseException) -> Module:
+        async def fn() -> None:
+            await asyncio.sleep(0)
+            raise exc
+
+        return ciflow.module(name=name)(fn)
+
+    async def fine() -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    mods = [
+        raiser("interrupts", KeyboardInterrupt()),
+        ciflow.module(name="after_interrupt")(fine),
+        raiser("exits", SystemExit(4)),
+        ciflow.module(name="after_exit")(fine),
+        raiser("aborts", _Abort("abort")),
+        ciflow.module(name="after_abort")(fine),
+    ]
+    result, outcomes, _ = run(tmp_path, jobs=1, keep_going=True, modules=mods)
+    assert outcomes == {
+        "interrupts": Outcome.FAILED,
+        "after_interrupt": Outcome.SUCCEEDED,
+        "exits": Outcome.FAILED,
+        "after_exit": Outcome.SUCCEEDED,
+        "aborts": Outcome.FAILED,
+        "after_abort": Outcome.SUCCEEDED,
+    }
+    errors = {r.name: r.error for r in result.records if r.error}
+    assert errors == {
+        "interrupts": "KeyboardInterrupt: ",
+        "exits": "SystemExit: 4",
+        "aborts": "_Abort: abort",
+    }
+    assert not result.interrupted and result.exit_code == 1

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import ciflow
+from ciflow.distributed.keys import RunKeys
 from ciflow.errors import DuplicateModuleError, SpecError
-from ciflow.model.module import Module, ParallelLimit, registered
+from ciflow.model.module import NAME_MAX, Module, ParallelLimit, registered
+from ciflow.stores.file import FileStore
+from ciflow.stores.github.cache import KEY_MAX as CACHE_KEY_MAX
+from ciflow.stores.github.naming import NAME_MAX as NAME_MAX_ARTIFACT
+from ciflow.stores.github.naming import artifact_name, name_prefix
 
 
 def test_decorator_with_and_without_arguments_registers_in_order() -> None:
@@ -131,3 +138,52 @@ def test_capabilities_detect_finds_tools_on_path() -> None:
     assert caps.tools == frozenset({"sh"})
     assert caps.tags == frozenset({"fast"})
     assert caps.os in {"linux", "macos", "windows"}
+
+
+@pytest.mark.parametrize(
+    "name", ["a" * (NAME_MAX + 1), "x" * 300, "B" * 1000], ids=lambda n: f"{len(n)}-chars"
+)
+def test_a_name_longer_than_the_limit_is_refused_when_declared(name: str) -> None:
+    def target() -> None: ...
+
+    with pytest.raises(SpecError) as caught:
+        ciflow.module(name=name)(target)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 250  # one line, not the whole name
+    assert f"name has {len(name)} characters; at most {NAME_MAX} " in message
+    assert message.startswith("test_modules.py:")
+    assert registered() == []
+
+
+def test_a_name_of_exactly_the_limit_is_accepted() -> None:
+    mod = ciflow.module(name="a" * NAME_MAX)(lambda: None)
+    assert mod.name == "a" * NAME_MAX
+
+
+@pytest.mark.parametrize("name", ["build\n", "a/b", "a@b", "-lead", ".hidden", "", "a b"])
+def test_names_outside_the_character_rule_are_refused(name: str) -> None:
+    with pytest.raises(SpecError, match="invalid name; use letters, digits"):
+        ciflow.module(name=name)(lambda: None)
+
+
+def test_every_record_of_a_module_with_the_longest_name_fits_every_store(
+    tmp_path: Path,
+) -> None:
+    """NAME_MAX is chosen so that GitHub's 256-character artifact names (the tightest store)
+    hold every key of a module: with a 32-character namespace, uppercase letters (two characters
+    each), a run id of 60 lowercase characters for its own keys, and a GitHub run id and a worker id
+    with a 32-character host name for the keys that also name a worker."""
+    name = "M" * NAME_MAX
+    ns = "n" * 32
+    worker = f"s99-{'h' * 32}-4194304-j12345678901"
+    own = RunKeys("r" * 60)
+    ci = RunKeys("12345678901-3")
+    keys = [own.result(name), own.marker(name), own.outputs(name, 9999), own.claim(name, 9999)]
+    keys += [ci.request(name, worker), ci.quiet(name, 9999, worker)]
+    for key in keys:
+        assert len(artifact_name(key, name_prefix(ns))) <= NAME_MAX_ARTIFACT, key
+        assert len(f"ciflow-{ns}/{key}~") <= CACHE_KEY_MAX, key
+    store = FileStore(f"file://{tmp_path}")
+    for key in keys:
+        assert store.create(key, b"x")
+        assert store.get(key) == b"x"

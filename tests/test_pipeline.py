@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,47 @@ def test_syntax_error_names_file_and_line(pipelines: Path) -> None:
 def test_import_error_names_the_line_and_exception(pipelines: Path) -> None:
     with pytest.raises(PipelineLoadError, match=r"import_error.py:4: .*KeyError: 'missing'"):
         load_pipeline(pipelines / "import_error.py")
+
+
+def test_sys_exit_at_import_is_a_load_error_naming_the_call(pipelines: Path) -> None:
+    with pytest.raises(
+        PipelineLoadError,
+        match=r"^exit_at_import.py:12: the pipeline file called sys.exit\(7\) at import; ",
+    ):
+        load_pipeline(pipelines / "exit_at_import.py")
+    assert registered() == []
+
+
+@pytest.mark.parametrize(
+    ("statement", "call"),
+    [
+        ("sys.exit()", "sys.exit()"),
+        ("sys.exit('bye')", "sys.exit('bye')"),
+        ("exit(0)", "sys.exit(0)"),
+    ],
+)
+def test_every_form_of_exit_at_import_is_named(tmp_path: Path, statement: str, call: str) -> None:
+    file = tmp_path / "ciflow.py"
+    file.write_text(f"import sys\n{statement}\n")
+    with pytest.raises(
+        PipelineLoadError, match=f"ciflow.py:2: the pipeline file called {re.escape(call)}"
+    ):
+        load_pipeline(file)
+
+
+def test_a_base_exception_at_import_is_a_load_error(pipelines: Path) -> None:
+    with pytest.raises(
+        PipelineLoadError,
+        match=r"^base_exception_at_import.py:14: error while importing the pipeline: "
+        r"Abort: pipeline aborted$",
+    ):
+        load_pipeline(pipelines / "base_exception_at_import.py")
+
+
+def test_keyboard_interrupt_at_import_stays_an_interrupt(pipelines: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        load_pipeline(pipelines / "interrupt_at_import.py")
+    assert registered() == []
 
 
 def test_cycle_is_shown(pipelines: Path) -> None:
@@ -190,3 +232,41 @@ def test_skip_keeps_the_module_listed_as_skipped() -> None:
 def test_selectors_matching_nothing_are_errors(kwargs: dict[str, list[str]], message: str) -> None:
     with pytest.raises(SelectionError, match=message):
         _selection_pipeline().select(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("first", "second"), [("a_b", "a-b"), ("a-b", "a.b"), ("a.b", "a_b")])
+def test_two_modules_binding_to_one_parameter_are_refused(first: str, second: str) -> None:
+    ciflow.module(name=first)(lambda: 1)
+    ciflow.module(name=second)(lambda: 2)
+
+    @ciflow.module(depends_on=[first, second])
+    def uses(a_b: int) -> None: ...
+
+    with pytest.raises(
+        DuplicateModuleError,
+        match=rf"^test_pipeline.py:\d+: modules {first!r} \(test_pipeline.py:\d+\) and "
+        rf"{re.escape(repr(second))} both bind to the parameter 'a_b'; rename one of them$",
+    ):
+        Pipeline(registered())
+
+
+def test_modules_binding_to_one_parameter_are_refused_even_if_nothing_uses_them() -> None:
+    ciflow.module(name="lint-py")(lambda: None)
+    ciflow.module(name="lint_py")(lambda: None)
+    with pytest.raises(DuplicateModuleError, match="'lint-py' .* and 'lint_py' both bind"):
+        Pipeline(registered())
+
+
+def test_names_differing_only_in_case_are_refused() -> None:
+    ciflow.module(name="Build")(lambda: None)
+    ciflow.module(name="build")(lambda: None)
+    with pytest.raises(DuplicateModuleError, match="'Build' .* and 'build' differ only in case"):
+        Pipeline(registered())
+
+
+def test_a_name_clash_in_a_file_is_a_load_error(pipelines: Path) -> None:
+    with pytest.raises(
+        DuplicateModuleError,
+        match=r"^parameter_clash.py:11: modules 'a_b' \(parameter_clash.py:6\) and 'a-b' both",
+    ):
+        load_pipeline(pipelines / "parameter_clash.py")

@@ -16,8 +16,9 @@ One namespace per run, ``runs/<run-id>/``::
     leases/<resource>/<place>          a held not_in_parallel key or parallel_limit place
     quiet/<module>/<attempt>/<worker>  a worker runs nothing while the module runs alone
 
-Module names never contain ``@`` or ``/`` (see model/module.py), so every key parses back
-unambiguously with `RunKeys.parse`. See docs/architecture.md, "Store layout".
+Module names never contain ``@`` or ``/`` and have at most 64 characters (``NAME_MAX`` in
+model/module.py), so every key parses back unambiguously with `RunKeys.parse` and fits every
+store. See docs/architecture.md, "Store layout".
 """
 
 from __future__ import annotations

@@ -109,12 +109,21 @@ def run_attempt(
 
 
 def _skip(mod: Module, ctx: Context) -> AttemptResult | None:
-    """Evaluate ``skip_if``: an attempt that ends skipped (or failed), or None to run."""
+    """Evaluate ``skip_if``: an attempt that ends skipped (or failed), or None to run.
+
+    Whatever the condition raises (any `BaseException`) fails the module, like the module's own
+    function; a cancellation while it runs ends the attempt cancelled.
+    """
     assert mod.skip_if is not None
     try:
         verdict = mod.skip_if(ctx)
-    except Exception as exc:  # a broken skip condition fails the module
-        return AttemptResult(Ending.FAILURE, detail=f"skip_if raised {type(exc).__name__}: {exc}")
+    except ModuleCancelled as exc:
+        return AttemptResult(Ending.CANCELLED, detail=exc.reason)
+    except BaseException as exc:  # noqa: BLE001 - a broken skip condition fails the module
+        if ctx.cancellation.cancelled:
+            return AttemptResult(Ending.CANCELLED, detail=ctx.cancellation.reason)
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return AttemptResult(Ending.FAILURE, detail=f"skip_if raised {what}")
     if not verdict:
         return None
     description = getattr(mod.skip_if, "description", None)

@@ -21,9 +21,14 @@ from .constraints import NONE as NO_CONSTRAINTS
 from .constraints import Constraints
 from .requirements import Requires
 
-__all__ = ["Dependency", "Module", "ParallelLimit", "module", "optional"]
+__all__ = ["NAME_MAX", "Dependency", "Module", "ParallelLimit", "module", "optional"]
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+#: the longest module name. Its longest record key, ``runs/<run-id>/results/<name>@unsuccessful``,
+#: must fit every store; GitHub's artifact names are the tightest (256 characters for a namespace
+#: prefix of up to 40 plus the key, in which an uppercase letter takes two), and 64 leaves room
+#: for a run id of 60 lowercase characters (docs/architecture.md, "Module names").
+NAME_MAX = 64
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,9 @@ class Module:
         self.__wrapped__ = fn
         self.name = name if name is not None else getattr(fn, "__name__", "")
         where = _Where(self)
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or len(self.name) > NAME_MAX:
+            raise SpecError(_bad_name(self.name, fn))
+        if not _NAME.fullmatch(self.name):
             raise SpecError(
                 f"{where}: invalid name; use letters, digits, '_', '-', '.' "
                 "starting with a letter or '_'"
@@ -179,6 +186,17 @@ def _source(fn: Callable[..., Any]) -> str:
     if code is None:
         return "<unknown>"
     return f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
+
+
+def _bad_name(name: object, fn: Callable[..., Any]) -> str:
+    """The one-line error for a name that is no string or longer than `NAME_MAX`."""
+    if not isinstance(name, str):
+        return f"{_source(fn)}: module name must be a string, not {name!r}"
+    shown = f"{name[:40]!r}…"
+    return (
+        f"{_source(fn)}: module {shown}: name has {len(name)} characters; at most {NAME_MAX} "
+        "(so that every store can name the module's records)"
+    )
 
 
 class _Where:

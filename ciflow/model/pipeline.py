@@ -22,6 +22,7 @@ from typing import Any
 from .._gc import gc_paused
 from ..errors import (
     CiflowError,
+    DuplicateModuleError,
     PipelineError,
     PipelineLoadError,
     SelectionError,
@@ -77,6 +78,7 @@ class Pipeline:
             raise PipelineError(
                 f"no modules defined{where}; decorate functions with @ciflow.module"
             )
+        _check_distinct(self.modules.values())
         self.order: list[str] = self._dependency_order()
         self.bindings: dict[str, Binding] = {name: _bind(mod) for name, mod in self.modules.items()}
         limits: dict[str, int] = {}
@@ -184,7 +186,34 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 
 
 def _param_key(name: str) -> str:
+    """The parameter a module's result binds to: its name with ``-`` and ``.`` as ``_``."""
     return name if name.isidentifier() else re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _check_distinct(modules: Iterable[Module]) -> None:
+    """Refuse two modules that bind to one parameter or whose names differ only in case.
+
+    ``a_b``, ``a-b`` and ``a.b`` all bind to the parameter ``a_b``, so a dependent could not say
+    which result it wants; ``Build`` and ``build`` would be one record on a store in a
+    case-insensitive folder (the file store on macOS or Windows).
+    """
+    params: dict[str, Module] = {}
+    folded: dict[str, Module] = {}
+    for mod in modules:
+        key = _param_key(mod.name)
+        other = params.setdefault(key, mod)
+        if other is not mod:
+            raise DuplicateModuleError(
+                f"{mod.source}: modules {other.name!r} ({other.source}) and {mod.name!r} both "
+                f"bind to the parameter {key!r}; rename one of them"
+            )
+        other = folded.setdefault(mod.name.casefold(), mod)
+        if other is not mod:
+            raise DuplicateModuleError(
+                f"{mod.source}: modules {other.name!r} ({other.source}) and {mod.name!r} differ "
+                "only in case, which stores in case-insensitive folders cannot tell apart; "
+                "rename one of them"
+            )
 
 
 _UNSET: Any = object()
@@ -277,7 +306,11 @@ def _bind(mod: Module) -> Binding:
 
 
 def load_pipeline(path: str | Path | None = None) -> Pipeline:
-    """Import the pipeline file (default ``./ciflow.py``) and return its validated `Pipeline`."""
+    """Import the pipeline file (default ``./ciflow.py``) and return its validated `Pipeline`.
+
+    Whatever the import raises becomes one-line `PipelineLoadError` (``sys.exit()`` included),
+    except ``KeyboardInterrupt``, which stays an interrupt.
+    """
     file = Path(path if path is not None else DEFAULT_FILE).expanduser().resolve()
     if not file.is_file():
         hint = "pass -f PATH" if path is None else "check the path given with -f"
@@ -302,10 +335,20 @@ def load_pipeline(path: str | Path | None = None) -> Pipeline:
         ) from exc
     except CiflowError:
         raise
-    except Exception as exc:
+    except KeyboardInterrupt:  # Ctrl-C while importing: the command is interrupted (exit 130)
+        raise
+    except SystemExit as exc:  # sys.exit() in the pipeline file must not end ciflow silently
         line = _user_line(exc, file)
+        code = "" if exc.code is None else repr(exc.code)
         raise PipelineLoadError(
-            f"{file.name}{line}: error while importing the pipeline: {type(exc).__name__}: {exc}"
+            f"{file.name}{line}: the pipeline file called sys.exit({code}) at import; a pipeline "
+            "file only defines modules (put the check inside a module or a skip_if)"
+        ) from exc
+    except BaseException as exc:  # noqa: BLE001 - any other failure of the import is the file's
+        line = _user_line(exc, file)
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise PipelineLoadError(
+            f"{file.name}{line}: error while importing the pipeline: {what}"
         ) from exc
     finally:
         modules = _modules.registered()
