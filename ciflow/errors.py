@@ -1,9 +1,13 @@
-"""The exceptions ciflow raises, and the exit code each one means.
+"""The exit codes of every command, the exceptions ciflow raises, and the code each one means.
+
+`ExitCode` is the one table of exit codes: ``run``, ``dry-run``, ``worker``, ``summary``,
+``plan`` and ``validate`` all exit with its values and nothing else (README.md, "Exit codes").
 
 Library code raises; only the CLI turns an exception into one line of output and an exit code.
 Subclasses are grouped by how a caller recovers::
 
     CiflowError (exit 1)                 anything ciflow reports on purpose
+    ├── RunNotFound (exit 4)             the store has no such run (no plan, no results)
     ├── UsageError (exit 2)              bad command line: fix the flags
     │   └── SelectionError               --only/--skip/--category matched nothing
     ├── PipelineError (exit 2)           the pipeline file is wrong: fix the file
@@ -25,6 +29,7 @@ does not swallow a cancellation.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 __all__ = [
@@ -32,12 +37,14 @@ __all__ = [
     "CommandFailed",
     "CycleError",
     "DuplicateModuleError",
+    "ExitCode",
     "Interrupted",
     "ModuleCancelled",
     "PipelineError",
     "PipelineLoadError",
     "RequirementError",
     "ResultTypeError",
+    "RunNotFound",
     "SelectionError",
     "SignatureError",
     "SpecError",
@@ -46,10 +53,36 @@ __all__ = [
 ]
 
 
+class ExitCode(enum.IntEnum):
+    """What a command's exit status means; the same condition gives the same code everywhere.
+
+    A run's code is the first that applies, in this order: interrupted, a definition error, a
+    module that did not succeed, a module without an outcome, all good.
+    """
+
+    #: every selected module has a successful outcome (succeeded, cached, ignored_failure,
+    #: skipped)
+    OK = 0
+    #: a module failed, timed out, was cancelled or lost a dependency; or an error of the
+    #: store, the network or the machine
+    FAILED = 1
+    #: the command line or the pipeline file is wrong: bad flags, a definition error (cycle,
+    #: unknown module, bad signature, a result that does not match its annotation), an unmet
+    #: requirement
+    USAGE = 2
+    #: a selected module has no outcome: its result is missing from the store (workers died,
+    #: the store lost or refused it)
+    INCOMPLETE = 3
+    #: the store has no such run: no plan and no result under that run id (or no store there)
+    NO_RUN = 4
+    #: stopped by Ctrl-C, SIGTERM or SIGHUP
+    INTERRUPTED = 130
+
+
 class CiflowError(Exception):
     """Root of every error ciflow raises on purpose; `exit_code` is what the CLI exits with."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -62,7 +95,13 @@ class CiflowError(Exception):
 class UsageError(CiflowError):
     """The command line asks for something that cannot be done."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
+
+
+class RunNotFound(CiflowError):
+    """The store has no run under the id asked for: neither a plan nor a result."""
+
+    exit_code = ExitCode.NO_RUN
 
 
 class SelectionError(UsageError):
@@ -72,7 +111,7 @@ class SelectionError(UsageError):
 class PipelineError(CiflowError):
     """The pipeline definition is wrong; the message names the file and module where known."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class PipelineLoadError(PipelineError):
@@ -112,7 +151,7 @@ class ResultTypeError(PipelineError):
 class RequirementError(CiflowError):
     """A module requires an OS, architecture, tool or tag this machine does not have."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class CommandFailed(CiflowError):
@@ -134,7 +173,7 @@ class CommandFailed(CiflowError):
 class Interrupted(CiflowError):
     """The run was interrupted by Ctrl-C or SIGTERM."""
 
-    exit_code = 130
+    exit_code = ExitCode.INTERRUPTED
 
 
 class ModuleCancelled(BaseException):  # noqa: N818 - a signal, named like asyncio's

@@ -40,7 +40,7 @@ def test_run_prints_summary_and_writes_report(pipelines: Path, tmp_path: Path) -
     assert "[lint] lint ok" in out and "[test] testing dist/app.whl" in out
     assert "Summary" in out and "OK: 3 module(s): 3 succeeded" in out
     data = json.loads(report.read_text())
-    assert data["schema_version"] == 1 and data["run_id"] == "r1" and data["exit_code"] == 0
+    assert data["schema_version"] == 2 and data["run_id"] == "r1" and data["exit_code"] == 0
     modules = {m["name"]: m for m in data["modules"]}
     assert set(modules) == {"lint", "build", "test"}
     assert modules["build"]["result"] == {"path": "dist/app.whl"}

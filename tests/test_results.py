@@ -72,3 +72,41 @@ def test_a_result_that_was_listed_but_vanished_is_a_clear_error(store: Store) ->
     cache.note([KEYS.marker("gone"), KEYS.result("gone")])
     with pytest.raises(StoreError, match="was listed but cannot be read"):
         cache.outcome("gone")
+
+
+def test_a_corrupted_result_fails_its_module_and_the_rest_of_the_run_is_read(
+    tmp_path: Path,
+) -> None:
+    from ciflow.distributed.results import read_run
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    for name in ("a", "b", "c"):
+        record = ModuleRecord(name, outcome=Outcome.SUCCEEDED, result=b'"%s"' % name.encode())
+        publish_result(store, KEYS, record, attempt=1, worker="w", slot=0, workdir=tmp_path)
+    blob = tmp_path / "store" / "runs" / "run-1" / "results" / "b"
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte on disk, as a bad disk or a copy makes it
+    blob.write_bytes(bytes(data))
+    result = read_run(store, KEYS, ["a", "b", "c", "d"])
+    states = {r.name: r.state for r in result.records}
+    assert states == {"a": "succeeded", "b": "failed", "c": "succeeded", "d": "missing"}
+    error = result.records[1].error or ""
+    assert error.startswith("its result record is corrupted: ") and "results/b" in error
+    assert len(result.warnings) == 1 and result.warnings[0].startswith("module 'b': its result")
+    assert result.exit_code == 1 and result.verdict == "FAILED"
+
+
+def test_a_definition_error_named_by_its_worker_is_one_for_the_whole_run(
+    tmp_path: Path,
+) -> None:
+    from ciflow.distributed.messages import Done, encode
+    from ciflow.distributed.results import read_run
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    bad = ModuleRecord("a", outcome=Outcome.FAILED, error="returned str, not int")
+    publish_result(store, KEYS, bad, attempt=1, worker="w", slot=0, workdir=tmp_path)
+    assert read_run(store, KEYS, ["a"]).exit_code == 1  # no worker said why yet
+    done = Done(worker="w", exit_code=2, at=0.0, definition_errors=["a"])
+    store.create(KEYS.done_of("w"), encode(done))
+    result = read_run(store, KEYS, ["a"])
+    assert result.records[0].definition_error and result.exit_code == 2

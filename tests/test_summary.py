@@ -80,3 +80,54 @@ def test_store_calls_line() -> None:
         "store operations by 1 worker(s): 9 (list 7, create 2)"
     )
     assert store_calls([], 3) is None and store_calls([{}], 3) is None
+
+
+def _unfinished() -> RunResult:
+    return RunResult(
+        "r2",
+        [
+            ModuleRecord("build", Outcome.SUCCEEDED, 1, 100.0, 101.0, 1.0, worker="w1", slot=0),
+            ModuleRecord("test"),
+            ModuleRecord("lint", error="its result record is corrupted: truncated"),
+        ],
+        100.0,
+        101.0,
+    )
+
+
+def test_modules_without_an_outcome_are_missing_and_the_run_is_not_ok() -> None:
+    text = render_summary(_unfinished())
+    rows = {line.split()[0]: line.split()[1] for line in text.splitlines()[4:7]}
+    assert rows == {"build": "succeeded", "test": "missing", "lint": "missing"}
+    assert "Errors\n  lint (missing): its result record is corrupted: truncated" in text
+    headline = text.rstrip().splitlines()[-1]
+    assert headline == "FAILED (results missing): 3 module(s): 1 succeeded, 2 missing in 1.00s"
+    assert "OK" not in text
+    md = to_markdown(_unfinished())
+    assert md.startswith("### ciflow run r2: failed (results missing)\n")
+    assert "| test | missing | - | - |  |" in md
+
+
+def test_a_headline_that_the_command_will_not_keep_is_not_ok() -> None:
+    text = render_summary(RunResult("r", [ModuleRecord("a", Outcome.SUCCEEDED)], 0.0, 1.0), "x")
+    assert text.rstrip().splitlines()[-1].startswith("FAILED (x): 1 module(s): 1 succeeded")
+
+
+def test_skewed_worker_clocks_do_not_inflate_the_run_span() -> None:
+    hours = 48 * 3600.0
+    result = RunResult(
+        "r3",
+        [
+            ModuleRecord("a", Outcome.SUCCEEDED, 1, 1000.0, 1003.0, 3.0, worker="w1", slot=0),
+            ModuleRecord(
+                "b", Outcome.SUCCEEDED, 1, 1003.0 + hours, 1005.0 + hours, 2.0, worker="w2", slot=1
+            ),  # fmt: skip
+        ],
+        1000.0,
+        1005.0 + hours,
+    )
+    text = render_summary(result)
+    assert "OK: 2 module(s): 2 succeeded in 5.00s" in text
+    assert "48h00m" in text.splitlines()[-1] and "clocks disagree" in text.splitlines()[-1]
+    md = to_markdown(result)
+    assert "```mermaid" not in md and "clocks disagree" in md

@@ -452,10 +452,19 @@ def test_corrupted_result_is_reported(tmp_path: Path, pipelines: Path) -> None:
     data = bytearray(blob.read_bytes())
     data[-3] ^= 0xFF
     blob.write_bytes(bytes(data))
-    result = runner.invoke(app, ["summary", "--store", url, "--run-id", run_id])
-    assert result.exit_code != 0
-    assert result.stderr.startswith("ciflow: error: ") and "corrupted" in result.stderr
-    assert "results/build" in result.stderr
+    report = tmp_path / "report.json"
+    result = runner.invoke(
+        app, ["summary", "--store", url, "--run-id", run_id, "--report", str(report)]
+    )
+    assert result.exit_code == 1  # the summary goes on: build failed, the others are shown
+    assert result.stderr.startswith("ciflow: warning: module 'build': its result record is ")
+    assert "corrupted" in result.stderr and "results/build" in result.stderr
+    assert "build (failed): its result record is corrupted: " in result.stdout
+    assert "FAILED: 3 module(s): 2 succeeded, 1 failed in " in result.stdout
+    data = json.loads(report.read_text())
+    modules = {m["name"]: m for m in data["modules"]}
+    assert data["exit_code"] == 1 and modules["build"]["outcome"] == "failed"
+    assert modules["test"]["outcome"] == modules["lint"]["outcome"] == "succeeded"
 
 
 def test_unwritable_store_is_a_clear_error(tmp_path: Path, pipelines: Path) -> None:

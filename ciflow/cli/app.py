@@ -1,6 +1,6 @@
 """The ``ciflow`` command line. The only place that turns errors into output and exit codes.
 
-Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline-definition error, 130 interrupted.
+Exit codes: one table, `ciflow.errors.ExitCode` (README.md, "Exit codes"), for every command.
 Heavy imports happen inside the commands so that ``ciflow --help`` and ``--version`` stay fast.
 """
 
@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from .._version import __version__
-from ..errors import CiflowError
+from ..errors import CiflowError, ExitCode
 from .options import (
     DebugOption,
     FileOption,
@@ -59,7 +59,7 @@ class _Group(TyperGroup):
             _fail(exc, debug=bool(ctx.params.get("debug")) or "--debug" in rest)
         except KeyboardInterrupt:
             typer.echo("ciflow: interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
 def _fail(exc: CiflowError, debug: bool) -> None:
@@ -74,6 +74,12 @@ def _fail(exc: CiflowError, debug: bool) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+#: the exit codes in one line of --help (the table is `ExitCode`)
+EXIT_CODES = (
+    "Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline error, 3 results missing, "
+    "4 no such run in the store, 130 interrupted."
+)
+
 app = typer.Typer(
     cls=_Group,
     name="ciflow",
@@ -82,7 +88,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    epilog="Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline error, 130 interrupted.",
+    epilog=EXIT_CODES,
 )
 
 
@@ -106,7 +112,8 @@ def _root(
 ) -> None:
     """Run a pipeline of CI modules on one machine or spread over many CI runners.
 
-    Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline error, 130 interrupted.
+    Exit codes: 0 all good, 1 a module failed, 2 usage or pipeline error, 3 results missing,
+    4 no such run in the store, 130 interrupted.
     """
     del debug  # read again by _Group.invoke when an error needs it
 
@@ -170,8 +177,7 @@ def run(
     from ..execution.engine import Engine
     from ..model.requirements import Capabilities, check_requirements
     from ..ui.console import Console
-    from ..ui.report import build_report, write_report
-    from ..ui.summary import render_summary, write_step_summary
+    from ..ui.summary import render_summary
 
     selection = pipeline.select(only or (), skip or (), category or ())
     active = [n for n in selection.names if n not in selection.skipped]
@@ -190,8 +196,6 @@ def run(
         run_id=run_id,
     )
     result = engine.run()
-    console.print(render_summary(result))
-    write_step_summary(result)
     if not no_history:
         from ..planning.history import History
 
@@ -199,8 +203,13 @@ def run(
             History.update(_history_path(pipeline, history), result.records)
         except CiflowError as exc:
             console.print(f"ciflow: warning: {exc}")
+    from .verdict import write_outputs
+
+    failure = write_outputs(result, report, None)
+    console.print(render_summary(result, None if failure is None else "report not written"))
+    if failure is not None:
+        raise failure
     if report is not None:
-        write_report(build_report(result), report)
         console.print(f"report written to {report}")
     raise typer.Exit(result.exit_code)
 

@@ -15,7 +15,6 @@ from .options import DebugOption, FileOption, HistoryOption, _history_path, _loa
 if TYPE_CHECKING:
     from ..distributed.keys import RunKeys
     from ..stores import Store
-    from ..ui.console import Console
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
@@ -417,40 +416,11 @@ def dry_run(
             codes = supervise(procs, console, kills)
         finally:
             stop_workers(procs, console)  # none left unless interrupted or failed
-        code = _render_run(target, keys, console, report, pipeline.order)
+        from .verdict import render_run
+
+        code = render_run(target, keys, console, report, pipeline.order)
         console.print(f"ciflow: worker exit codes: {codes}")
     raise typer.Exit(code)
-
-
-def _render_run(
-    store: "Store",
-    keys: "RunKeys",
-    console: "Console",
-    report: Path | None,
-    order: list[str] | None,
-) -> int:
-    from ..distributed.liveness import finished_workers
-    from ..distributed.orchestrator import plan_order
-    from ..distributed.results import read_run
-    from ..ui.report import build_report, write_report
-    from ..ui.summary import render_summary, store_calls, write_step_summary
-
-    names = plan_order(store, keys) or order or []
-    result = read_run(store, keys, names)
-    done = finished_workers(store, keys)
-    calls = store_calls([d.store_ops for d in done.values()], len(result.records))
-    console.print(render_summary(result))
-    if calls:
-        console.print(calls)
-    write_step_summary(result, calls)
-    missing = [r.name for r in result.records if r.outcome is None]
-    if report is not None:
-        write_report(build_report(result), report)
-        console.print(f"report written to {report}")
-    if missing:
-        console.print(f"ciflow: {len(missing)} module(s) have no result yet: {', '.join(missing)}")
-        return 1
-    return result.exit_code
 
 
 @app.command()
@@ -463,9 +433,10 @@ def summary(
 ) -> None:
     """Render a distributed run's summary (and JSON report) from the store."""
     from ..ui.console import Console
+    from .verdict import render_run
 
     target, keys = _open_run(store, run_id)
-    raise typer.Exit(_render_run(target, keys, Console(), report, None))
+    raise typer.Exit(render_run(target, keys, Console(), report, None))
 
 
 @app.command()

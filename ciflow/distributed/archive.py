@@ -29,7 +29,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from ..errors import CiflowError
+from ..errors import CiflowError, ExitCode
 
 __all__ = ["ArchiveError", "ArchiveInfo", "pack_outputs"]
 
@@ -40,7 +40,7 @@ _MAGIC_CHARS = frozenset("*?[")
 class ArchiveError(CiflowError):
     """Outputs could not be packed or an archive was refused; the message names the member."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 @dataclass(frozen=True)

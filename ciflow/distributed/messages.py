@@ -171,6 +171,8 @@ class Done(_Message):
     exit_code: int
     at: float
     store_ops: dict[str, int] = {}  # this worker's store operations by kind
+    #: modules it ran whose result broke their annotation (a definition error: exit 2)
+    definition_errors: list[str] = []
 
 
 M = TypeVar("M", bound=_Message)

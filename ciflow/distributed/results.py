@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ..execution.masking import MASKER
 from ..model.outcome import ModuleRecord, Outcome, RunResult
-from ..stores.base import Store, StoreError
-from .blob import BlobError, OutputRef, ResultHeader, decode_result, encode_result
+from ..stores.base import Store, StoreError, StoreUnavailable
+from .blob import BlobError, CorruptBlob, OutputRef, ResultHeader, decode_result, encode_result
 from .keys import RunKeys
 from .messages import Marker, encode
 
@@ -240,19 +240,36 @@ class ResultCache:
 
 
 def read_run(store: Store, keys: RunKeys, order: Iterable[str]) -> RunResult:
-    """The run as the store has it: one record per module of ``order`` (missing = no result)."""
+    """The run as the store has it: one record per module of ``order``.
+
+    A module without a result has no outcome (``missing``). A result record that cannot be
+    used (corrupted, planted, of a newer ciflow, listed but gone) fails its module with the
+    reason and a line in the result's ``warnings``; the rest of the run is still read. Modules
+    whose result broke its annotation are named by their workers' deregistrations (``done``).
+    """
     cache = ResultCache(store, keys)
     cache.refresh()
+    warnings: list[str] = []
+    broken = _definition_errors(store, keys, warnings)
     records = []
     for name in order:
         if name not in cache.present:
             records.append(ModuleRecord(name))
             continue
-        header = cache.load(name)
+        try:
+            header = cache.load(name)
+            outcome = Outcome(header.outcome)
+        except StoreUnavailable:
+            raise
+        except (StoreError, ValueError) as exc:  # BlobError is a StoreError
+            reason = _unusable(exc)
+            warnings.append(f"module {name!r}: {reason}")
+            records.append(ModuleRecord(name, outcome=Outcome.FAILED, error=reason))
+            continue
         records.append(
             ModuleRecord(
                 name=name,
-                outcome=Outcome(header.outcome),
+                outcome=outcome,
                 attempts=header.attempt,
                 start=header.started or None,
                 end=header.finished,
@@ -262,6 +279,7 @@ def read_run(store: Store, keys: RunKeys, order: Iterable[str]) -> RunResult:
                 result=cache.payloads[name] or None,
                 worker=header.worker,
                 slot=header.slot,
+                definition_error=name in broken and not outcome.ok,
             )
         )
     started = [r.start for r in records if r.start is not None]
@@ -271,4 +289,28 @@ def read_run(store: Store, keys: RunKeys, order: Iterable[str]) -> RunResult:
         records,
         min(started) if started else time.time(),
         max(ended) if ended else time.time(),
+        warnings=warnings,
     )
+
+
+def _unusable(exc: Exception) -> str:
+    """Why a result record cannot be used, as a module's failure reason."""
+    if isinstance(exc, CorruptBlob):
+        return f"its result record is corrupted: {exc.reason}; delete {exc.key} and rerun it"
+    if isinstance(exc, ValueError):
+        return f"its result record names an unknown outcome ({exc}); upgrade ciflow"
+    return f"its result record cannot be used: {exc}"
+
+
+def _definition_errors(store: Store, keys: RunKeys, warnings: list[str]) -> set[str]:
+    """Modules whose workers deregistered saying the module's result broke its annotation."""
+    from .liveness import finished_workers
+
+    try:
+        done = finished_workers(store, keys)
+    except StoreUnavailable:
+        raise
+    except StoreError as exc:
+        warnings.append(f"a worker's deregistration cannot be read: {exc}")
+        return set()
+    return {name for record in done.values() for name in record.definition_errors}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._signals import catching_signals
-from ..errors import CiflowError, Interrupted, RequirementError
+from ..errors import CiflowError, ExitCode, Interrupted, RequirementError
 from ..model.pipeline import Pipeline
 from ..model.requirements import Capabilities, unmet
 from ..planning.planner import DistributedExecutionPlan
@@ -136,6 +136,7 @@ class Worker:
         self._finish_at: dict[str, float] = {}
         self._drift = 0.0
         self._known = 0
+        self._definition_errors: list[str] = []  # the executor's list, for the deregistration
 
     # ------------------------------------------------------------------ public
 
@@ -164,7 +165,7 @@ class Worker:
             beats.start()
         else:
             self._say(f"liveness: the jobs API watches job {own_job}; no heartbeats")
-        code = 2
+        code: int = ExitCode.USAGE
         try:
             plan = read_plan(self.store, self.keys, self.options.plan_timeout, self._stopped)
             self._check_plan(plan)
@@ -217,7 +218,10 @@ class Worker:
         ops = dict(self.store.stats.counts)
         if self.liveness.jobs is not None and self.liveness.jobs.calls:
             ops["ListJobsForWorkflowRunAttempt"] = self.liveness.jobs.calls
-        done = Done(worker=self.worker_id, exit_code=code, at=time.time(), store_ops=ops)
+        done = Done(
+            worker=self.worker_id, exit_code=code, at=time.time(), store_ops=ops,
+            definition_errors=list(self._definition_errors),
+        )  # fmt: skip
         try:
             self.store.create(self.keys.done_of(self.worker_id), encode(done), sole=True)
         except StoreError:
@@ -314,6 +318,7 @@ class Worker:
             self.pipeline, self.store, self.results, me, self.console, self._inbox.put,
             self.options.jobs,
         )  # fmt: skip
+        self._definition_errors = executor.definition_errors
         actions = Actions(
             self.pipeline, self.store, self.results, me, executor, self.console, self._say,
             state.outcomes,
@@ -344,8 +349,8 @@ class Worker:
         finally:
             watcher.stop()
             executor.shutdown(wait=not state.hard)
-        if code == 1 and executor.definition_errors:
-            return 2  # a result broke its annotation: the pipeline file is wrong
+        if code == ExitCode.FAILED and executor.definition_errors:
+            return ExitCode.USAGE  # a result broke its annotation: the pipeline file is wrong
         return code
 
     def _gather(self, pending: deque[Event]) -> None:

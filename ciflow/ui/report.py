@@ -1,6 +1,9 @@
 """The JSON run report (``--report PATH``): one versioned document per run.
 
 Readers check ``schema_version``; a version newer than this ciflow knows is a clear error.
+Version 2: a module without an outcome is ``"outcome": "missing"`` (counted in ``counts``),
+``duration`` is the run's span as the workers' own clocks allow (`RunResult.span`), and
+``wall_span``/``clock_skew`` tell what the wall clocks said; ``exit_code`` is the command's.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -19,7 +22,7 @@ from ..model.outcome import Outcome, RunResult
 
 __all__ = ["SCHEMA_VERSION", "ModuleReport", "RunReport", "build_report", "write_report"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class ModuleReport(BaseModel):
@@ -28,7 +31,7 @@ class ModuleReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    outcome: Outcome
+    outcome: Outcome | Literal["missing"]
     attempts: int
     start: datetime | None
     end: datetime | None
@@ -41,7 +44,12 @@ class ModuleReport(BaseModel):
 
 
 class RunReport(BaseModel):
-    """A whole run: its id, timing, exit code and one entry per module."""
+    """A whole run: its id, timing, exit code and one entry per module.
+
+    ``duration``: the run's span (seconds), which clock skew between workers cannot inflate;
+    ``wall_span``: first start to last end by the records' wall clocks; ``clock_skew``: the
+    two disagree (then ``duration`` comes from each worker's own clock).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -50,6 +58,8 @@ class RunReport(BaseModel):
     started: datetime
     finished: datetime
     duration: float
+    wall_span: float
+    clock_skew: bool
     exit_code: int
     interrupted: bool
     counts: dict[str, int]
@@ -65,12 +75,11 @@ def build_report(result: RunResult) -> RunReport:
     modules = []
     counts: dict[str, int] = {}
     for rec in result.records:
-        outcome = rec.outcome or Outcome.CANCELLED
-        counts[outcome.value] = counts.get(outcome.value, 0) + 1
+        counts[rec.state] = counts.get(rec.state, 0) + 1
         modules.append(
             ModuleReport(
                 name=rec.name,
-                outcome=outcome,
+                outcome="missing" if rec.outcome is None else rec.outcome,
                 attempts=rec.attempts,
                 start=_time(rec.start),
                 end=_time(rec.end),
@@ -82,12 +91,15 @@ def build_report(result: RunResult) -> RunReport:
                 result=MASKER.mask_data(json.loads(rec.result)) if rec.result else None,
             )
         )
+    span = result.span
     return RunReport(
         run_id=result.run_id,
         started=datetime.fromtimestamp(result.started, UTC),
         finished=datetime.fromtimestamp(result.finished, UTC),
-        duration=round(result.finished - result.started, 6),
-        exit_code=result.exit_code,
+        duration=round(span.seconds, 6),
+        wall_span=round(span.wall, 6),
+        clock_skew=span.skewed,
+        exit_code=int(result.exit_code),
         interrupted=result.interrupted,
         counts=counts,
         modules=modules,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ..errors import ExitCode
 from ..execution.masking import MASKER
 from ..model.outcome import ModuleRecord, Outcome, RunResult
 from .console import format_duration
@@ -33,19 +34,54 @@ def _order(records: list[ModuleRecord]) -> list[ModuleRecord]:
     return sorted(records, key=key)
 
 
-def render_summary(result: RunResult) -> str:
-    """The summary as text, ready to print anywhere (secrets masked)."""
+def render_summary(result: RunResult, problem: str | None = None) -> str:
+    """The summary as text, ready to print anywhere (secrets masked).
+
+    The headline says ``OK`` exactly when the run's exit code is 0; ``problem`` (e.g. "report
+    not written") makes it ``FAILED (<problem>)`` for a run whose command fails after it.
+    """
     records = _order(result.records)
+    lines = ["", "Summary", *_table(records)]
+    skipped = [r for r in records if r.outcome is Outcome.SKIPPED and r.skip_reason]
+    if skipped:
+        lines += ["", "Skipped"]
+        lines += [f"  {r.name}: {r.skip_reason}" for r in skipped]
+    failed = [r for r in records if r.error and (r.outcome is None or r.outcome in _ERRORS)]
+    if failed:
+        lines += ["", "Errors"]
+        for rec in failed:
+            error_lines = (rec.error or "").splitlines()
+            if len(error_lines) > _MAX_ERROR_LINES:
+                error_lines = [*error_lines[:1], "  ...", *error_lines[-(_MAX_ERROR_LINES - 2) :]]
+            lines.append(f"  {rec.name} ({rec.state}): {error_lines[0]}")
+            lines += [f"    {line}" for line in error_lines[1:]]
+    counts: dict[str, int] = {}
+    for rec in result.records:
+        key = rec.state.replace("_", " ")
+        counts[key] = counts.get(key, 0) + 1
+    tally = ", ".join(f"{n} {k}" for k, n in counts.items())
+    verdict = result.verdict if problem is None else f"FAILED ({problem})"
+    span = result.span
+    lines += ["", f"{verdict}: {len(result.records)} module(s): {tally} in "
+              f"{format_duration(span.seconds)}"]  # fmt: skip
+    if span.skewed:
+        lines.append(_skew_note(span.wall, span.seconds))
+    return MASKER.mask("\n".join(lines))
+
+
+_ERRORS = (Outcome.FAILED, Outcome.TIMED_OUT, Outcome.IGNORED_FAILURE)
+
+
+def _table(records: list[ModuleRecord]) -> list[str]:
     show_slot = any(r.slot is not None for r in records)
     header = ["module", "outcome", "duration", "start", "end", "attempts"]
     if show_slot:
         header.append("slot")
     rows = [header]
     for rec in records:
-        outcome = (rec.outcome or Outcome.CANCELLED).value
         row = [
             rec.name,
-            outcome,
+            rec.state,
             format_duration(rec.duration) if rec.start is not None else "-",
             _clock(rec.start),
             _clock(rec.end),
@@ -55,41 +91,20 @@ def render_summary(result: RunResult) -> str:
             row.append("-" if rec.slot is None else str(rec.slot))
         rows.append(row)
     widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
-    lines = ["", "Summary"]
+    lines = []
     for n, row in enumerate(rows):
         lines.append("  " + "  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
         if n == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
-    skipped = [r for r in records if r.outcome is Outcome.SKIPPED and r.skip_reason]
-    if skipped:
-        lines += ["", "Skipped"]
-        lines += [f"  {r.name}: {r.skip_reason}" for r in skipped]
-    failed = [
-        r
-        for r in records
-        if r.error and r.outcome in (Outcome.FAILED, Outcome.TIMED_OUT, Outcome.IGNORED_FAILURE)
-    ]
-    if failed:
-        lines += ["", "Errors"]
-        for rec in failed:
-            error_lines = (rec.error or "").splitlines()
-            if len(error_lines) > _MAX_ERROR_LINES:
-                error_lines = [*error_lines[:1], "  ...", *error_lines[-(_MAX_ERROR_LINES - 2) :]]
-            lines.append(
-                f"  {rec.name} ({(rec.outcome or Outcome.FAILED).value}): {error_lines[0]}"
-            )
-            lines += [f"    {line}" for line in error_lines[1:]]
-    counts: dict[str, int] = {}
-    for rec in result.records:
-        key = (rec.outcome or Outcome.CANCELLED).value.replace("_", " ")
-        counts[key] = counts.get(key, 0) + 1
-    tally = ", ".join(f"{n} {k}" for k, n in counts.items())
-    verdict = {0: "OK", 1: "FAILED", 2: "FAILED (pipeline error)", 130: "INTERRUPTED"}.get(
-        result.exit_code, "FAILED"
+    return lines
+
+
+def _skew_note(wall: float, seconds: float) -> str:
+    return (
+        f"note: the workers' wall clocks disagree: first start to last end is "
+        f"{format_duration(wall)} by them, but the workers' own clocks allow at most "
+        f"{format_duration(seconds)}; the span shown is the latter"
     )
-    total = format_duration(result.finished - result.started)
-    lines += ["", f"{verdict}: {len(result.records)} module(s): {tally} in {total}"]
-    return MASKER.mask("\n".join(lines))
 
 
 def store_calls(store_ops: list[dict[str, int]], modules: int) -> str | None:
@@ -118,22 +133,26 @@ def to_markdown(result: RunResult, footer: str | None = None) -> str:
     from .diagram import to_gantt
 
     records = _order(result.records)
+    span = result.span
     lines = [
         f"### ciflow run {result.run_id}: "
-        + {0: "OK", 130: "interrupted"}.get(result.exit_code, "failed"),
+        + {0: "OK", 130: "interrupted"}.get(result.exit_code, "failed")
+        + (" (results missing)" if result.exit_code == ExitCode.INCOMPLETE else ""),
         "",
         "| module | outcome | duration | slot | error or reason |",
         "|---|---|---|---|---|",
     ]
     for rec in records:
-        outcome = (rec.outcome or Outcome.CANCELLED).value
+        outcome = rec.state
         why = (rec.error or rec.skip_reason or "").splitlines()
         cell = why[0].replace("|", "\\|") if why else ""
         duration = format_duration(rec.duration) if rec.start is not None else "-"
         slot = "-" if rec.slot is None else str(rec.slot)
         lines.append(f"| {rec.name} | {outcome} | {duration} | {slot} | {cell} |")
     ran = [r for r in records if r.start is not None and r.end is not None]
-    if ran:
+    if span.skewed:  # a timeline from disagreeing clocks would be hours wide: leave it out
+        lines += ["", _skew_note(span.wall, span.seconds)]
+    elif ran:
         origin = min(r.start for r in ran if r.start is not None)
         sections: dict[str, list[tuple[str, float, float]]] = {}
         for rec in sorted(ran, key=lambda r: r.start or 0.0):

@@ -1,0 +1,101 @@
+"""How a command ends a run: the step summary and report written, the summary printed, the code.
+
+Shared by ``run``, ``dry-run`` and ``summary`` so that the headline, the report's exit code and
+the process's exit code come from one `RunResult` and always agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from ..errors import CiflowError, RunNotFound
+
+if TYPE_CHECKING:
+    from ..distributed.keys import RunKeys
+    from ..model.outcome import RunResult
+    from ..stores import Store
+    from ..ui.console import Console
+
+__all__ = ["render_run", "run_modules", "write_outputs"]
+
+
+def write_outputs(result: RunResult, report: Path | None, footer: str | None) -> CiflowError | None:
+    """Write the step summary and the report before the headline is printed.
+
+    Returns the error if one cannot be written: the headline then says FAILED, as the exit
+    code will, instead of an OK the command does not keep.
+    """
+    from ..ui.report import build_report, write_report
+    from ..ui.summary import write_step_summary
+
+    try:
+        write_step_summary(result, footer)
+        if report is not None:
+            write_report(build_report(result), report)
+    except CiflowError as exc:
+        return exc
+    return None
+
+
+def render_run(
+    store: Store,
+    keys: RunKeys,
+    console: Console,
+    report: Path | None,
+    order: list[str] | None,
+) -> int:
+    """Print the run's summary (and write its report) from the store; return the exit code.
+
+    Every module of the stored plan (or ``order`` without one) is shown, those without a result
+    as ``missing``. No plan and no result at all is `RunNotFound`, never an empty OK.
+    """
+    from ..distributed.liveness import finished_workers
+    from ..distributed.results import read_run
+    from ..execution.masking import MASKER
+    from ..stores.base import StoreError
+    from ..ui.summary import render_summary, store_calls
+
+    names = run_modules(store, keys, order)
+    result = read_run(store, keys, names)
+    for warning in result.warnings:
+        typer.echo(MASKER.mask(f"ciflow: warning: {warning}"), err=True)
+    try:
+        done = finished_workers(store, keys)
+    except StoreError:  # read_run warned about it
+        done = {}
+    calls = store_calls([d.store_ops for d in done.values()], len(result.records))
+    failure = write_outputs(result, report, calls)
+    console.print(render_summary(result, None if failure is None else "report not written"))
+    if calls:
+        console.print(calls)
+    if failure is not None:
+        raise failure
+    if report is not None:
+        console.print(f"report written to {report}")
+    missing = [r.name for r in result.missing]
+    if missing:
+        console.print(f"ciflow: {len(missing)} module(s) have no result: {', '.join(missing)}")
+    return result.exit_code
+
+
+def run_modules(store: Store, keys: RunKeys, order: list[str] | None) -> list[str]:
+    """The run's modules: its stored plan's, else ``order``; `RunNotFound` if there is no run."""
+    from ..distributed.orchestrator import plan_order
+
+    names = plan_order(store, keys) or order
+    if names:
+        return names
+    results = store.list(keys.results)
+    where = store.url
+    if results:
+        raise RunNotFound(
+            f"run {keys.run_id!r} in {where} has {len(results)} result record(s) but no plan, "
+            "so which modules it should have run is unknown; publish the plan with "
+            "`ciflow plan --store ... --run-id ...` or check --run-id"
+        )
+    raise RunNotFound(
+        f"no run {keys.run_id!r} in {where}: no plan and no results; check --store and --run-id"
+    )
