@@ -229,6 +229,21 @@ class WorkerState(Knowledge):
         out.append(Say(f"run cancelled: {reason}"))
         if not self.config.keep_going and self.running():
             out.append(StopRunning(reason, hard=False))
+        waiting = self.alone.waiting  # ours, held, not started: it must not start now
+        if waiting is not None:
+            hold = self.holds[waiting[0]]
+            hold.resolve = self._cancelled_outcome(waiting[0])
+            if hold.resolve is not None:
+                self.alone.waiting = None
+                self.move(waiting[0], Phase.RUNNING)
+                out.append(Resolve(waiting[0], hold.attempt, *hold.resolve))
+
+    def _cancelled_outcome(self, name: str) -> tuple[Outcome, str] | None:
+        """How held ``name`` ends, without running, now that the run is cancelled (if so)."""
+        if self.cancel is None or self.config.keep_going:
+            return None
+        verdict = dependency_verdict({d: self.outcomes[d] for d in self.plan.required[name]})
+        return cannot_run(self.plan.modules[name], verdict, self.cancel)
 
     # ------------------------------------------------------------------ holding and running
 
@@ -254,6 +269,16 @@ class WorkerState(Knowledge):
             out.append(
                 Say(f"taking over {name} from {hold.takeover_from} (attempt {hold.attempt})")
             )
+        # a cancel or a stop may have come since it was chosen (in this very batch, before
+        # this answer): a `Start` now would escape the `StopRunning` already given
+        if hold.resolve is None and self.draining:
+            if self.plan.modules[name].constraints:
+                out.append(Release(name))
+            out.append(Say(f"handing back {name} (stopped before it started)"))
+            self.let_go(name, event.now)
+            return
+        if hold.resolve is None:
+            hold.resolve = self._cancelled_outcome(name)
         if hold.resolve is not None:
             self.move(name, Phase.RUNNING)
             out.append(Resolve(name, hold.attempt, *hold.resolve))
@@ -321,6 +346,8 @@ class WorkerState(Knowledge):
         self._log_waits(now, out)
 
     def _consider(self, name: str, now: float, out: list[Instruction]) -> None:
+        if name in self.present:
+            return  # its result is in the store and being read: nothing to run or take over
         if self.lease_retry and now < self.lease_retry.get(name, 0.0):
             return
         if name in self.superseded:
