@@ -15,7 +15,8 @@ What a module's phase (`knowledge.Phase`) means on this worker:
 - ``running``: it runs (or its outcome is being published) here;
 - ``done``: its result is in the store and nothing of it runs here.
 
-Stealing (`stealing`) and the run-alone protocol (`alone`) are parts of their own.
+Stealing (`stealing`), the run-alone protocol (`alone`) and cancel and stop (`stopping`) are
+parts of their own (their tests are in tests/test_state.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from ..execution.policy import cannot_run, dependency_verdict
 from ..model.module import Module
 from ..model.outcome import Outcome
-from . import alone, slots, stealing
+from . import alone, slots, stealing, stopping
 from .events import (
     Acquire,
     Acquired,
@@ -52,7 +53,6 @@ from .events import (
     Start,
     Started,
     Stop,
-    StopRunning,
     Tick,
 )
 from .knowledge import HELD, TRANSITIONS, ClaimInfo, Config, Hold, Knowledge, Phase, PlanView
@@ -108,11 +108,11 @@ class WorkerState(Knowledge):
             case SlotRead():
                 slots.read(self, event)
             case CancelRead(reason=reason):
-                self._cancelled(reason, out)
+                stopping.cancelled(self, reason, out)
             case Ended():
                 self._ended(event, out)
             case Stop(hard=hard):
-                self._stop(hard, out)
+                stopping.stopped(self, hard, out)
             case Tick():
                 pass
 
@@ -222,29 +222,6 @@ class WorkerState(Knowledge):
         elif info.unreadable_since is None:  # read again at the next listing, up to a bound
             info.unreadable_since = event.now
 
-    def _cancelled(self, reason: str, out: list[Instruction]) -> None:
-        if self.cancel is not None:
-            return
-        self.cancel = reason
-        out.append(Say(f"run cancelled: {reason}"))
-        if not self.config.keep_going and self.running():
-            out.append(StopRunning(reason, hard=False))
-        waiting = self.alone.waiting  # ours, held, not started: it must not start now
-        if waiting is not None:
-            hold = self.holds[waiting[0]]
-            hold.resolve = self._cancelled_outcome(waiting[0])
-            if hold.resolve is not None:
-                self.alone.waiting = None
-                self.move(waiting[0], Phase.RUNNING)
-                out.append(Resolve(waiting[0], hold.attempt, *hold.resolve))
-
-    def _cancelled_outcome(self, name: str) -> tuple[Outcome, str] | None:
-        """How held ``name`` ends, without running, now that the run is cancelled (if so)."""
-        if self.cancel is None or self.config.keep_going:
-            return None
-        verdict = dependency_verdict({d: self.outcomes[d] for d in self.plan.required[name]})
-        return cannot_run(self.plan.modules[name], verdict, self.cancel)
-
     # ------------------------------------------------------------------ holding and running
 
     def _acquired(self, event: Acquired, out: list[Instruction]) -> None:
@@ -269,16 +246,8 @@ class WorkerState(Knowledge):
             out.append(
                 Say(f"taking over {name} from {hold.takeover_from} (attempt {hold.attempt})")
             )
-        # a cancel or a stop may have come since it was chosen (in this very batch, before
-        # this answer): a `Start` now would escape the `StopRunning` already given
-        if hold.resolve is None and self.draining:
-            if self.plan.modules[name].constraints:
-                out.append(Release(name))
-            out.append(Say(f"handing back {name} (stopped before it started)"))
-            self.let_go(name, event.now)
-            return
-        if hold.resolve is None:
-            hold.resolve = self._cancelled_outcome(name)
+        if not stopping.before_start(self, name, hold, event.now, out):
+            return  # a stop came since it was chosen
         if hold.resolve is not None:
             self.move(name, Phase.RUNNING)
             out.append(Resolve(name, hold.attempt, *hold.resolve))
@@ -313,13 +282,6 @@ class WorkerState(Knowledge):
         self._outcome(name, event.outcome, event.now)
         if self.phase[name] is not Phase.DONE:
             self.move(name, Phase.DONE)
-
-    def _stop(self, hard: bool, out: list[Instruction]) -> None:
-        self.draining = True
-        if hard and not self.hard:
-            self.hard = True
-            if self.running():
-                out.append(StopRunning("stopped by a signal", hard=True))
 
     # ------------------------------------------------------------------ deciding
 
