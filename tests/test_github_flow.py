@@ -155,3 +155,54 @@ def test_github_flow_with_429s_and_5xx(
     result, codes, out = github_run(emu, file, tmp_path)
     assert codes == [0, 0, 0, 0], out
     assert {r.name: (r.outcome, r.result) for r in result.records} == expected(file)
+
+
+FAIL_FAST = """
+import os
+import ciflow
+
+FLAG = os.environ["CIFLOW_TEST_FAILED_FLAG"]
+
+
+@ciflow.module(name="boom", depends_on=["m9"])
+def boom(ctx, m9: int) -> int:
+    open(FLAG, "w").close()
+    raise RuntimeError("planned failure")
+"""
+
+LATE = """
+
+@ciflow.module(name="m{i}", depends_on={deps!r})
+def m{i}(ctx{params}) -> int:
+    if os.path.exists(FLAG):  # started after boom failed: only a cancel ends it soon
+        ctx.run("sleep 30")
+        return -1
+    ctx.run("sleep {sleep}")
+    return {i}
+"""
+
+
+def test_github_fail_fast_cancels_what_starts_after_the_failure_and_every_worker_exits(
+    emu: GitHubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail-fast mid-run with 4 workers busy: a module a worker starts after the failure (the
+    cancel read in the batch that answered its acquire) is cancelled too, never left to run to
+    its end while every worker waits for it; the failing worker exits 1, the others 0."""
+    monkeypatch.setenv("CIFLOW_TEST_FAILED_FLAG", str(tmp_path / "failed"))
+    text = FAIL_FAST
+    for i in range(48):
+        deps = [f"m{i - 8}"] if i >= 8 else []
+        params = f", m{i - 8}: int" if deps else ""
+        sleep = 0.1 + (i * 7 % 5) / 10
+        text += LATE.format(i=i, deps=deps, params=params, sleep=f"{sleep:.1f}")
+    file = tmp_path / "ciflow.py"
+    file.write_text(text)
+    result, codes, out = github_run(emu, file, tmp_path)
+    records = {r.name: r for r in result.records}
+    assert records["boom"].outcome is Outcome.FAILED, out
+    late = [r.name for r in result.records if r.result == b"-1"]
+    assert late == [], out  # started after the failure and ran to its end: not cancelled
+    assert all(r.outcome is not None for r in result.records), out
+    failed_on = records["boom"].slot
+    assert codes == [1 if slot == failed_on else 0 for slot in range(4)], out
+    assert out.count("run cancelled: cancelled after boom failed") == 4, out

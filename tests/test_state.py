@@ -239,6 +239,22 @@ def test_a_dead_slot_workers_module_is_taken_over_as_attempt_2() -> None:
     assert any(f"taking over a from {OTHER}" in s.text for s in of(Say, out))
 
 
+def test_a_module_whose_result_is_being_read_is_not_taken_over_from_its_gone_worker() -> None:
+    """A finished worker's last (marked) result and its done record come in one listing: the
+    result's outcome is read, not raced by a takeover of a module that has its result."""
+    a = Module(noop, name="a")
+    st = machine([a], {"a": 1})
+    st.handle(Started(0.0))
+    st.handle(Listed(0.0, registered(ME, OTHER), whole=True))
+    out = st.handle(
+        Listed(1.0, [K.marker("a"), K.result("a"), K.done_of(OTHER)], whole=True),
+        Dead(1.0, frozenset({OTHER})),
+    )
+    assert of(ReadResult, out) == [ReadResult("a")] and not of(Acquire, out)
+    out = st.handle(ResultRead(1.1, "a", Outcome.CANCELLED))
+    assert not of(Acquire, out) and of(Finish, out) == [Finish(0)]
+
+
 def test_a_lost_claim_race_remembers_the_winner_and_waits() -> None:
     a = Module(noop, name="a")
     st = machine([a], {"a": 1})
@@ -423,6 +439,62 @@ def test_a_cancel_stops_what_runs_and_cancels_what_has_not_started() -> None:
     assert of(Resolve, out) == [Resolve("b", 1, Outcome.CANCELLED, reason)]  # needs no place
     out = st.handle(Ended(0.6, "a", 1, Outcome.CANCELLED), Ended(0.6, "b", 1, Outcome.CANCELLED))
     assert of(Finish, out) == [Finish(0)]
+
+
+def test_a_cancel_read_while_modules_are_acquired_resolves_them_instead_of_starting() -> None:
+    """The cancel and the answers to `Acquire` come in one batch, the cancel first (its read
+    was asked for before the `Acquire`s): nothing runs yet, so no `StopRunning` covers them,
+    and a `Start` after it would run the module to its end while every worker waits for it."""
+    a, b = Module(noop, name="a"), Module(noop, name="b")
+    c = Module(noop, name="c", not_in_parallel=["db"])
+    st = machine([a, b, c], {"a": 0, "b": 0, "c": 0}, jobs=3)
+    assert len(of(Acquire, st.handle(Started(0.0)))) == 3
+    reason = "cancelled after x failed on slot 1"
+    out = st.handle(
+        CancelRead(0.5, reason),
+        Acquired(0.5, "a", 1, won=True),
+        Acquired(0.5, "b", 1, won=True),
+        Acquired(0.5, "c", 1, won=True),
+    )
+    assert not of(Start, out)
+    assert of(Resolve, out) == [Resolve(n, 1, Outcome.CANCELLED, reason) for n in "abc"]
+    out = st.handle(*(Ended(0.6, n, 1, Outcome.CANCELLED) for n in "abc"))
+    assert Release("c") in out  # its lease was taken: it is dropped
+    assert of(Finish, out) == [Finish(0)]
+
+
+def test_a_cancel_resolves_a_run_alone_module_that_waits_for_quiet() -> None:
+    m = Module(noop, name="m", not_in_parallel=True)
+    st = machine([m], {"m": 0})
+    st.handle(Listed(0.0, registered(ME, OTHER), whole=True))
+    st.handle(Started(0.0))
+    st.handle(Acquired(0.1, "m", 1, won=True))
+    assert st.phase["m"] is Phase.QUIETING
+    out = st.handle(CancelRead(0.2, "stop"))
+    assert of(Resolve, out) == [Resolve("m", 1, Outcome.CANCELLED, "stop")]
+    assert not of(Start, st.handle(Listed(0.3, [K.quiet("m", 1, OTHER)], whole=True)))
+    out = st.handle(Ended(0.4, "m", 1, Outcome.CANCELLED))
+    assert Release("m") in out and of(Finish, out) == [Finish(0)]
+
+
+def test_a_kept_going_run_starts_what_it_acquired_after_a_cancel() -> None:
+    a = Module(noop, name="a")
+    st = machine([a], {"a": 0}, keep_going=True)
+    st.handle(Started(0.0))
+    out = st.handle(CancelRead(0.1, "stop"), Acquired(0.1, "a", 1, won=True))
+    assert of(Start, out) == [Start("a", 1)]
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_a_stop_while_a_module_is_acquired_hands_it_back_instead_of_starting(hard: bool) -> None:
+    a = Module(noop, name="a", not_in_parallel=["db"])
+    st = machine([a], {"a": 0})
+    st.handle(Started(0.0))
+    out = st.handle(Stop(0.1, hard=hard), Acquired(0.1, "a", 1, won=True))
+    assert not of(Start, out)
+    assert Release("a") in out and any("handing back a" in s.text for s in of(Say, out))
+    assert of(Finish, out) == [Finish(130 if hard else 0)]
+    assert "a" not in st.outcomes
 
 
 def test_always_run_modules_still_run_after_a_cancel() -> None:

@@ -15,7 +15,8 @@ What a module's phase (`knowledge.Phase`) means on this worker:
 - ``running``: it runs (or its outcome is being published) here;
 - ``done``: its result is in the store and nothing of it runs here.
 
-Stealing (`stealing`) and the run-alone protocol (`alone`) are parts of their own.
+Stealing (`stealing`), the run-alone protocol (`alone`) and cancel and stop (`stopping`) are
+parts of their own (their tests are in tests/test_state.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from ..execution.policy import cannot_run, dependency_verdict
 from ..model.module import Module
 from ..model.outcome import Outcome
-from . import alone, slots, stealing
+from . import alone, slots, stealing, stopping
 from .events import (
     Acquire,
     Acquired,
@@ -52,7 +53,6 @@ from .events import (
     Start,
     Started,
     Stop,
-    StopRunning,
     Tick,
 )
 from .knowledge import HELD, TRANSITIONS, ClaimInfo, Config, Hold, Knowledge, Phase, PlanView
@@ -108,11 +108,11 @@ class WorkerState(Knowledge):
             case SlotRead():
                 slots.read(self, event)
             case CancelRead(reason=reason):
-                self._cancelled(reason, out)
+                stopping.cancelled(self, reason, out)
             case Ended():
                 self._ended(event, out)
             case Stop(hard=hard):
-                self._stop(hard, out)
+                stopping.stopped(self, hard, out)
             case Tick():
                 pass
 
@@ -222,14 +222,6 @@ class WorkerState(Knowledge):
         elif info.unreadable_since is None:  # read again at the next listing, up to a bound
             info.unreadable_since = event.now
 
-    def _cancelled(self, reason: str, out: list[Instruction]) -> None:
-        if self.cancel is not None:
-            return
-        self.cancel = reason
-        out.append(Say(f"run cancelled: {reason}"))
-        if not self.config.keep_going and self.running():
-            out.append(StopRunning(reason, hard=False))
-
     # ------------------------------------------------------------------ holding and running
 
     def _acquired(self, event: Acquired, out: list[Instruction]) -> None:
@@ -254,6 +246,8 @@ class WorkerState(Knowledge):
             out.append(
                 Say(f"taking over {name} from {hold.takeover_from} (attempt {hold.attempt})")
             )
+        if not stopping.before_start(self, name, hold, event.now, out):
+            return  # a stop came since it was chosen
         if hold.resolve is not None:
             self.move(name, Phase.RUNNING)
             out.append(Resolve(name, hold.attempt, *hold.resolve))
@@ -289,13 +283,6 @@ class WorkerState(Knowledge):
         if self.phase[name] is not Phase.DONE:
             self.move(name, Phase.DONE)
 
-    def _stop(self, hard: bool, out: list[Instruction]) -> None:
-        self.draining = True
-        if hard and not self.hard:
-            self.hard = True
-            if self.running():
-                out.append(StopRunning("stopped by a signal", hard=True))
-
     # ------------------------------------------------------------------ deciding
 
     def _act(self, now: float, out: list[Instruction]) -> None:
@@ -321,6 +308,8 @@ class WorkerState(Knowledge):
         self._log_waits(now, out)
 
     def _consider(self, name: str, now: float, out: list[Instruction]) -> None:
+        if name in self.present:
+            return  # its result is in the store and being read: nothing to run or take over
         if self.lease_retry and now < self.lease_retry.get(name, 0.0):
             return
         if name in self.superseded:
