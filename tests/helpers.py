@@ -25,3 +25,20 @@ def run_registered(
         workdir=tmp_path,
         **kwargs,
     ).run()
+
+
+def assert_only_the_raiser_failed(report: Path, reason: str) -> dict[str, Any]:
+    """Check a report of ``pipelines/base_exceptions.py``: the raiser failed with ``reason``,
+    its dependents lost a dependency, the rest succeeded. Returns the report's modules by name."""
+    import json
+
+    modules = {m["name"]: m for m in json.loads(report.read_text())["modules"]}
+    assert {name: m["outcome"] for name, m in modules.items()} == {
+        "explodes": "failed",
+        "needs_it": "dependency_failed",
+        "needs_that": "dependency_failed",
+        "independent": "succeeded",
+        "after_independent": "succeeded",
+    }
+    assert reason in modules["explodes"]["error"]
+    return modules

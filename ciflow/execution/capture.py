@@ -113,6 +113,8 @@ class CapturedStream:
 
 def install() -> None:
     """Put `CapturedStream` in front of ``sys.stdout`` and ``sys.stderr`` (once; idempotent)."""
+    if isinstance(sys.stdout, CapturedStream) and isinstance(sys.stderr, CapturedStream):
+        return  # every attempt calls this: no lock once both are in place
     with _install_lock:
         for name in ("stdout", "stderr"):
             current = getattr(sys, name)
