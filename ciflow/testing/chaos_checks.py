@@ -82,8 +82,7 @@ def check(
         broken += _agreement(code, text, report, modules)
     died = {p.pid for p, c in zip(procs, codes, strict=True) if c < 0 or c == 9}
     runs = _ledger(folder)
-    broken += _outcomes(case, pipeline, modules, {m for m, pids in runs.items()
-                                                  if len(died & set(pids)) >= 2})  # fmt: skip
+    broken += _outcomes(case, pipeline, modules, _lost_twice(folder, runs, died))
     broken += _double_runs(runs, died)
     broken += _confinement(case, folder)
     broken += _secrets(case, folder, logs + text)
@@ -163,6 +162,32 @@ def _ledger(folder: Path) -> dict[str, list[int]]:
             continue
         runs.setdefault(name, []).append(pid)
     return runs
+
+
+def _lost_twice(folder: Path, runs: dict[str, list[int]], died: set[int]) -> set[str]:
+    """Modules that two killed workers held: they started it (the ledger) or claimed it.
+
+    A worker killed after it claimed a module but before the module's body started counts as an
+    executor death too (the fleet cannot tell the two apart), so the claims in the file store
+    are read beside the ledger: each claim names the worker it took over from.
+    """
+    lost = {m: {pid for pid in pids if pid in died} for m, pids in runs.items()}
+    root = folder / "store" / "runs"
+    pid_of: dict[str, int] = {}
+    for path in root.glob("*/workers/*"):
+        try:
+            record = json.loads(path.read_bytes())
+            pid_of[str(record["worker"])] = int(record["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    for path in root.glob("*/claims/*/*"):
+        try:
+            gone = pid_of.get(str(json.loads(path.read_bytes()).get("takeover_from")))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if gone in died:
+            lost.setdefault(path.parent.name, set()).add(gone)
+    return {m for m, pids in lost.items() if len(pids) >= 2}
 
 
 def _double_runs(runs: dict[str, list[int]], died: set[int]) -> list[str]:
