@@ -461,3 +461,30 @@ def test_links_planted_in_the_store_folder_are_never_followed(tmp_path: Path) ->
     with pytest.raises(StoreError, match="symbolic link"):
         store.create("runs/r/elsewhere/new", b"x")
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]  # nothing written there
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "lock-fallback"])
+def test_a_link_planted_at_a_key_is_no_value_and_create_replaces_it(
+    tmp_path: Path, links: bool
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target").write_text("not the store's")
+    root = tmp_path / "store"
+    store = FileStore(f"file://{root}")
+    store._links = links
+    assert store.create("runs/r/results/a", b"1")
+    planted = root / "runs" / "r" / "results" / "m0"
+    planted.symlink_to(outside / "target")
+    assert not store.exists("runs/r/results/m0")
+    assert store.create("runs/r/results/m0", b"the real result")
+    assert not planted.is_symlink()
+    assert store.get("runs/r/results/m0") == b"the real result"
+    assert store.exists("runs/r/results/m0")
+    assert not store.create("runs/r/results/m0", b"second")  # create-if-absent still holds
+    assert (outside / "target").read_text() == "not the store's"  # never followed
+    dangling = root / "runs" / "r" / "results" / "m1"
+    dangling.symlink_to(outside / "absent")
+    assert store.create_from_file("runs/r/results/m1", outside / "target")
+    assert store.get("runs/r/results/m1") == b"not the store's"
+    assert not (outside / "absent").exists()

@@ -11,8 +11,10 @@ sees either no file or the whole value:
   the same path.
 
 Temporary and lock files carry a ``~``, which no key may contain, so they never clash with keys
-and `FileStore.list` skips them. A key cannot also be a folder of other keys (``a/b`` and
-``a/b/c``); trying raises `StoreError`.
+and `FileStore.list` skips them. A symbolic link planted at a key is not a value: `FileStore.list`
+and `FileStore.exists` do not see it, `FileStore.get` refuses it, and `FileStore.create` removes
+it (under the key's lock, never following it) and publishes the real value in its place.
+A key cannot also be a folder of other keys (``a/b`` and ``a/b/c``); trying raises `StoreError`.
 """
 
 from __future__ import annotations
@@ -178,11 +180,11 @@ class FileStore(Store):
         return True
 
     def exists(self, key: str) -> bool:
-        """Whether ``key`` has a value: one stat of its file."""
+        """Whether ``key`` has a value: one stat of its file (a planted link is not a value)."""
         check_key(key)
         self.stats.add("exists")
         try:
-            mode = os.stat(self._path(key)).st_mode
+            mode = os.lstat(self._path(key)).st_mode
         except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError as exc:
@@ -234,7 +236,7 @@ class FileStore(Store):
     def _create(self, key: str, write: Callable[[BinaryIO], None]) -> bool:
         """Write a temp file with ``write``, fsync it and publish it under ``key`` if absent."""
         final = self._path(key)
-        if os.path.lexists(final):  # cheap early answer; the publish step decides for real
+        if os.path.lexists(final) and not os.path.islink(final):  # cheap early answer only
             if os.path.isdir(final):
                 raise self._key_is_folder(key)
             return False
@@ -272,7 +274,9 @@ class FileStore(Store):
                     return True  # NFS: the link was made but its reply was lost and retried
                 if os.path.isdir(final):
                     raise self._key_is_folder(key) from None
-                return False
+                if not os.path.islink(final):
+                    return False
+                # a link planted at the key is no value: replaced under the key's lock below
             except OSError as exc:
                 if exc.errno not in _NO_LINKS:
                     raise self._unavailable(exc, writing=True, path=final.parent) from exc
@@ -281,12 +285,7 @@ class FileStore(Store):
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
             with filelock.FileLock(lock_path, timeout=LOCK_TIMEOUT):
-                if os.path.lexists(final):
-                    if os.path.isdir(final):
-                        raise self._key_is_folder(key)
-                    return False
-                os.replace(tmp, final)
-                return True
+                return self._publish_locked(key, tmp, final)
         except filelock.Timeout as exc:
             raise StoreUnavailable(
                 f"store folder {self.root}: lock {lock_path} was held for over {LOCK_TIMEOUT:.0f}s;"
@@ -294,6 +293,29 @@ class FileStore(Store):
             ) from exc
         except OSError as exc:
             raise self._unavailable(exc, writing=True, path=final.parent) from exc
+
+    def _publish_locked(self, key: str, tmp: Path, final: Path) -> bool:
+        """`_publish` while holding the key's lock: remove a planted link, then publish.
+
+        Only lock holders remove links, so the link removed is the one seen; a writer that
+        publishes with ``os.link`` in between wins, and this one then finds its value.
+        """
+        if os.path.islink(final):
+            os.unlink(final)  # never followed: the link itself goes, not what it points at
+        if self._links:
+            try:
+                os.link(tmp, final)
+                return True
+            except FileExistsError:
+                if os.path.isdir(final):
+                    raise self._key_is_folder(key) from None
+                return _same_file(tmp, final)
+        if os.path.lexists(final):
+            if os.path.isdir(final):
+                raise self._key_is_folder(key)
+            return False
+        os.replace(tmp, final)
+        return True
 
     def _open(self, key: str) -> BinaryIO | None:
         """The value file of ``key`` opened for reading, or None if the key is absent.
