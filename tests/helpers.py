@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,6 @@ def run_registered(
 def assert_only_the_raiser_failed(report: Path, reason: str) -> dict[str, Any]:
     """Check a report of ``pipelines/base_exceptions.py``: the raiser failed with ``reason``,
     its dependents lost a dependency, the rest succeeded. Returns the report's modules by name."""
-    import json
-
     modules = {m["name"]: m for m in json.loads(report.read_text())["modules"]}
     assert {name: m["outcome"] for name, m in modules.items()} == {
         "explodes": "failed",
