@@ -49,3 +49,39 @@ def test_time_the_observer_could_not_reach_the_store_is_not_held_against_others(
     for _ in range(EVIDENCE):
         live.refresh()
     assert live.dead(["w"]) == set()
+
+
+def test_a_beat_stuck_retrying_does_not_hold_up_the_next() -> None:
+    import threading
+    import time
+
+    from ciflow.distributed.liveness import HeartbeatThread
+
+    name = f"memory://live-{secrets.token_hex(4)}"
+    store = open_store(name)
+    stuck = threading.Event()
+    create = store.create
+
+    def slow_first(key: str, data: bytes, *, sole: bool = False) -> bool:
+        if key == KEYS.alive("w", 1):
+            stuck.wait(10)  # as a write that keeps retrying
+        return create(key, data, sole=sole)
+
+    store.create = slow_first  # type: ignore[method-assign]
+    beats = HeartbeatThread(store, KEYS, "w", interval=0.02)
+    beats.start()
+    live = Liveness(open_store(name), KEYS, timeout=0.0)
+    try:
+        deadline = time.monotonic() + 10
+        while not open_store(name).list(KEYS.alive_prefix) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        live.refresh()
+        assert live.last_seen("w") is not None  # a later beat landed while the first hung
+        stuck.set()
+        time.sleep(0.2)
+    finally:
+        beats.stop()
+        beats.join(timeout=5)
+    time.sleep(0.2)  # the beats in flight land
+    left = open_store(name).list(KEYS.alive_prefix)
+    assert len(left) == 1 and KEYS.alive("w", 1) not in left  # the late first beat was dropped

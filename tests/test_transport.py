@@ -244,3 +244,34 @@ def test_hooks_retry_and_fail_fast(served: tuple[str, Script]) -> None:
     with pytest.raises(StoreError, match="quota spent"):
         transport(rec).send("GET", url, text, counter="get", fail_fast=quota)
     assert len(script.requests) == 3  # not retried
+
+
+def test_failed_attempts_and_their_pauses_are_reported_as_trouble(
+    served: tuple[str, Script],
+) -> None:
+    url, script = served
+    script.answers = [(503, {}, b""), "drop", OK]
+    spans: list[tuple[float, float]] = []
+    pauses: list[float] = []
+    t = Transport("test api", sleep=lambda s: (pauses.append(s), time.sleep(0.01)),
+                  trouble=lambda a, b: spans.append((a, b)), backoff_base=0.01)  # fmt: skip
+    t.send("GET", f"{url}/x", text, counter="get")
+    assert len(spans) == 2 and all(b - a >= 0.01 for a, b in spans)  # each includes its pause
+    assert spans[0][1] <= spans[1][0]
+    script.answers = [(503, {}, b"")]
+    spans.clear()
+    with pytest.raises(StoreUnavailable):
+        Transport("test api", sleep=lambda s: None, max_attempts=2,
+                  trouble=lambda a, b: spans.append((a, b))).send("GET", f"{url}/x", text,
+                                                                  counter="get")  # fmt: skip
+    assert len(spans) == 2  # the last failed attempt counts too
+
+
+def test_store_stats_count_overlapping_trouble_once() -> None:
+    from ciflow.stores.base import StoreStats
+
+    stats = StoreStats()
+    stats.trouble(10.0, 12.0)
+    stats.trouble(11.0, 13.0)  # another thread, overlapping
+    stats.trouble(20.0, 21.0)
+    assert stats.troubled == 4.0

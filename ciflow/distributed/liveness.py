@@ -5,7 +5,8 @@ A worker registers once (``workers/<worker>``) and then heartbeats by creating
 allows it. Observers never compare clocks across machines: a worker is dead when *they* have
 not seen its sequence number rise for ``timeout`` seconds of their own monotonic clock, and
 only with evidence: at least `EVIDENCE` listings of their own since the last rise, with the
-time the observer could not reach the store not counted against it.
+time the observer could not rely on the store (a listing that failed, or any of its own calls
+failing and backing off, see `StoreStats.troubled`) not counted against it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from .keys import RunKeys
 from .messages import Done, Heartbeat, Registration, decode, encode
 
 __all__ = [
-    "EVIDENCE", "HeartbeatThread", "Liveness", "new_worker_id", "read_registrations", "register",
+    "EVIDENCE", "IN_FLIGHT", "HeartbeatThread", "Liveness", "new_worker_id",
+    "read_registrations", "register",
 ]  # fmt: skip
 
 #: listings an observer must make after a worker's last beat before it may call it dead
 EVIDENCE = 3
+#: heartbeat writes under way at once (see `HeartbeatThread`)
+IN_FLIGHT = 3
 
 
 def new_worker_id(slot: int, job: str | None = None) -> str:
@@ -93,7 +97,12 @@ def finished_workers(store: Store, keys: RunKeys) -> dict[str, Done]:
 
 
 class HeartbeatThread(threading.Thread):
-    """Beats every ``interval`` seconds until `stop`; keeps only the newest beat where it can."""
+    """Beats every ``interval`` seconds until `stop`; keeps only the newest beat where it can.
+
+    A beat whose write is retrying (a flaky store, a rate limit) does not hold up the next:
+    up to `IN_FLIGHT` beats are written at once, each in its own thread, so observers see
+    the sequence rise as soon as any of them lands.
+    """
 
     def __init__(self, store: Store, keys: RunKeys, worker: str, interval: float) -> None:
         super().__init__(name=f"ciflow-heartbeat-{worker}", daemon=True)
@@ -103,30 +112,57 @@ class HeartbeatThread(threading.Thread):
         self.interval = interval
         self.running: list[str] = []
         self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(IN_FLIGHT)
+        self._landed: set[int] = set()
+        self._flying: list[threading.Thread] = []
         self.seq = 0
         self.error: str | None = None
 
     def beat(self) -> None:
         """One heartbeat now (also called once before the thread starts)."""
-        self.seq += 1
-        record = Heartbeat(worker=self.worker, seq=self.seq, at=time.time(), running=self.running)
-        self.store.create(self.keys.alive(self.worker, self.seq), encode(record), sole=True)
-        if self.seq > 1:
+        with self._lock:
+            self.seq += 1
+            seq = self.seq
+        record = Heartbeat(worker=self.worker, seq=seq, at=time.time(), running=self.running)
+        self.store.create(self.keys.alive(self.worker, seq), encode(record), sole=True)
+        with self._lock:  # drop every beat older than the newest landed one, this one too
+            self._landed.add(seq)
+            newest = max(self._landed)
+            stale = sorted(s for s in self._landed if s < newest)
+            self._landed.difference_update(stale)
+        for old in stale:
             try:
-                self.store.delete(self.keys.alive(self.worker, self.seq - 1))
+                self.store.delete(self.keys.alive(self.worker, old))
             except StoreError:
                 pass  # stores that cannot delete keep the old beats; observers take the newest
 
+    def _beat_in_flight(self) -> None:
+        try:
+            self.beat()
+            self.error = None
+        except StoreError as exc:  # a flaky store must not kill the worker; the next beat tries
+            self.error = str(exc)
+        finally:
+            self._slots.release()
+
     def run(self) -> None:
         while not self._halt.wait(self.interval):
-            try:
-                self.beat()
-                self.error = None
-            except StoreError as exc:  # a flaky store must not kill the worker; try again
-                self.error = str(exc)
+            if self._slots.acquire(blocking=False):  # else IN_FLIGHT beats are still retrying
+                name = f"{self.name}-beat"
+                beat = threading.Thread(target=self._beat_in_flight, name=name, daemon=True)
+                self._flying = [t for t in self._flying if t.is_alive()] + [beat]
+                beat.start()
 
     def stop(self) -> None:
         self._halt.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread and for the beats it still has in flight."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        super().join(timeout)
+        for beat in list(self._flying):
+            beat.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 class Liveness:

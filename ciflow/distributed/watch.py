@@ -58,7 +58,9 @@ class Watcher(threading.Thread):
         self._results: set[str] = set()
         self._workers: set[str] = set()
         self._finished: set[str] = set()
+        self._dead: set[str] = set()
         self._failing: float | None = None
+        self._troubled = store.stats.troubled
         self._next_whole = 0.0
 
     def stop(self) -> None:
@@ -95,15 +97,37 @@ class Watcher(threading.Thread):
             self._failing = None
 
     def _blind(self, began: float) -> float:
-        """Seconds this observer could not see the store before the listing that just ended:
-        since its first failed try, or the listing's own time when retries made it long."""
+        """Seconds this observer could not rely on the store before the listing that just
+        ended: since its first failed try, or the listing's own time when retries made it
+        long, and at least the time this process's calls spent failing and backing off since
+        the last listing (its heartbeats' included: when the store fails this process, a
+        worker whose beats are late may be failing the same way, and is not yet dead)."""
         took = time.monotonic() - began
+        total = self.store.stats.troubled
+        troubled, self._troubled = total - self._troubled, total
         if self._failing is not None:
-            return time.monotonic() - self._failing
-        return took if took > self.liveness.timeout / 4 else 0.0
+            return max(troubled, time.monotonic() - self._failing)
+        return max(troubled, took if took > self.liveness.timeout / 4 else 0.0)
 
     def _whole(self, keys: list[str], blind: float = 0.0) -> None:
+        self._note(keys)
+        self.liveness.refresh(keys, blind)
+        self.liveness.refresh_jobs()  # rate-limited; a no-op without a jobs API
+        dead = self.liveness.dead(self._workers, self._finished)
+        if dead - self._dead:
+            # newly dead: list once more, from now, before anyone takes its modules over. The
+            # jobs API (or a beat's silence) can be newer than the listing above, which then
+            # may miss results the worker wrote just before it ended.
+            keys = self.store.list(self.keys.root)
+            self._note(keys)
+            self.liveness.refresh(keys)
+        self._dead = dead
         now = time.monotonic()
+        self.post(Listed(now, keys, whole=True))
+        self.post(Dead(now, frozenset(dead)))
+
+    def _note(self, keys: list[str]) -> None:
+        """Remember the results, registrations and deregistrations among ``keys``."""
         parse = self.keys.parse
         for key in keys:
             if key in self._seen:
@@ -118,11 +142,6 @@ class Watcher(threading.Thread):
                 self._workers.add(found.worker)
             elif found.kind == "done":
                 self._finished.add(found.worker)
-        self.liveness.refresh(keys, blind)
-        self.liveness.refresh_jobs()  # rate-limited; a no-op without a jobs API
-        dead = self.liveness.dead(self._workers, self._finished)
-        self.post(Listed(now, keys, whole=True))
-        self.post(Dead(now, frozenset(dead)))
 
     def _results_until(self, deadline: float) -> None:
         """Watch ``results/`` until something new appears or ``deadline`` passes."""

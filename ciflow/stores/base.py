@@ -64,11 +64,23 @@ class StoreStats:
     """Operation counts of one store client (reported in summaries and benchmarks)."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    #: seconds (merged across threads) this client spent in failed attempts and the pauses
+    #: after them: time it could not rely on the store (observers forgive it, see `Liveness`)
+    troubled: float = 0.0
+    _trouble_end: float = field(default=0.0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, op: str, n: int = 1) -> None:
         with self._lock:
             self.counts[op] = self.counts.get(op, 0) + n
+
+    def trouble(self, began: float, ended: float) -> None:
+        """Note that calls failed from monotonic ``began`` to ``ended`` (overlaps count once)."""
+        with self._lock:
+            start = max(began, self._trouble_end)
+            if ended > start:
+                self.troubled += ended - start
+            self._trouble_end = max(self._trouble_end, ended)
 
     @property
     def total(self) -> int:

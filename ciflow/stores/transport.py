@@ -16,7 +16,9 @@ failure, one that may have taken effect (a 5xx, a connection dropped after sendi
 whose answer was lost may have happened; rate limits and connect timeouts are not ambiguous.
 
 A ``count`` callback sees each HTTP attempt (by the call's ``counter`` name) and each retry
-(``"retries"``): the store backends pass their `StoreStats`.
+(``"retries"``): the store backends pass their `StoreStats`. A ``trouble`` callback gets the
+monotonic span of every failed attempt and the pause after it (`StoreStats.trouble`): time the
+caller could not rely on the service, which liveness observers forgive.
 """
 
 from __future__ import annotations
@@ -129,11 +131,13 @@ class Transport:
         backoff_cap: float = BACKOFF_CAP,
         retry_after_max: float = RETRY_AFTER_MAX,
         count: Callable[[str], None] | None = None,
+        trouble: Callable[[float, float], None] | None = None,
     ) -> None:
         self.label, self.sleep, self.max_attempts = label, sleep, max(1, max_attempts)
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.retry_after_max = retry_after_max
         self.count = count or (lambda _op: None)
+        self.trouble = trouble or (lambda _began, _ended: None)
         self.session = session or requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self.session.mount("http://", adapter)
@@ -206,17 +210,24 @@ class Transport:
         """Run ``attempt`` until it returns, retrying on `Retry` (the one retry loop)."""
         ambiguous = False
         for n in range(1, self.max_attempts + 1):
+            began = time.monotonic()
             try:
                 return Sent(attempt(), ambiguous, n)
             except Retry as retry:
                 ambiguous = ambiguous or retry.ambiguous
                 if n == self.max_attempts:
+                    self.trouble(began, time.monotonic())
                     raise StoreUnavailable(
                         f"{self.label}: {what} failed after {n} attempts: {retry.why}"
                     ) from None
-                delay = self._delay(n, what, retry)
+                try:
+                    delay = self._delay(n, what, retry)
+                except RateLimited:
+                    self.trouble(began, time.monotonic())
+                    raise
                 self.count(RETRIES)
                 self.sleep(delay)
+                self.trouble(began, time.monotonic())
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _delay(self, attempt: int, what: str, retry: Retry) -> float:

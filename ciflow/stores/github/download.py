@@ -62,7 +62,7 @@ class DownloadingStore(Store):
         self.runtime = runtime_from_env(os.environ if env is None else env, self.scheme)
         self.transport = Transport(
             f"{self.scheme} store", session=session, sleep=sleep, max_attempts=max_attempts,
-            count=self.stats.add,
+            count=self.stats.add, trouble=self.stats.trouble,
         )  # fmt: skip
         self.twirp = Twirp(self.transport, self.runtime, self.service)
         self.blobs = Blobs(self.transport)
