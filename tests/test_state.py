@@ -46,6 +46,7 @@ from ciflow.distributed.events import (
 )
 from ciflow.distributed.keys import RunKeys, lease_resource
 from ciflow.distributed.knowledge import Config, Phase, PlanView
+from ciflow.distributed.liveness import EVIDENCE
 from ciflow.distributed.state import WorkerState
 from ciflow.model.constraints import ALONE
 from ciflow.model.module import Module
@@ -295,7 +296,12 @@ def test_a_claim_that_stays_unreadable_is_taken_for_dead_after_the_timeout() -> 
     assert of(ReadClaim, st.handle(Listed(15.0, [], whole=True))) == [ReadClaim("a", 2)]
     assert not of(Acquire, st.handle(ClaimRead(15.1, "a", 2, None)))
     st.handle(Listed(22.0, [], whole=True))
-    out = st.handle(ClaimRead(22.1, "a", 2, None))  # unreadable for longer than the timeout
+    out = st.handle(ClaimRead(22.1, "a", 2, None))  # unreadable for longer than the timeout,
+    assert not of(Acquire, out)  # but time alone is no evidence: our listings may lag
+    for n in range(EVIDENCE):  # each whole listing reads it again
+        assert of(ReadClaim, st.handle(Listed(23.0 + n, [], whole=True))) == [ReadClaim("a", 2)]
+        out = st.handle(ClaimRead(23.1 + n, "a", 2, None))
+        assert bool(of(Acquire, out)) == (n == EVIDENCE - 1)
     assert any("cannot be read" in s.text for s in of(Say, out))
     assert [(i.module, i.attempt, i.claim) for i in of(Acquire, out)] == [("a", 3, True)]
 
@@ -325,8 +331,29 @@ def test_an_orphaned_or_unreadable_claim_is_taken_for_dead_after_the_timeout(
     out = st.handle(Listed(11.0, [], whole=True))
     assert of(ReadClaim, out) == [ReadClaim("a", 2)]
     out = st.handle(ClaimRead(11.1, "a", 2, holder))
+    assert not of(Acquire, out)  # the timeout passed: now our listings gather evidence
+    for n in range(EVIDENCE):
+        out = st.handle(Listed(12.0 + n, [], whole=True))
+        assert bool(of(Acquire, out)) == (n == EVIDENCE - 1)
     assert any(why in s.text for s in of(Say, out))
     assert [(i.module, i.attempt, i.claim) for i in of(Acquire, out)] == [("a", 3, True)]
+
+
+def test_a_claim_whose_holder_our_slow_listings_have_not_shown_yet_is_not_taken_over() -> None:
+    """A flaky store delays our listings: the claim of a worker that registered late is
+    learnt first (our own claim lost to it), its registration only listings later."""
+    a = Module(noop, name="a")
+    st = machine([a], {"a": 1}, heartbeat_timeout=10.0)
+    st.handle(Started(0.0))
+    st.handle(Listed(0.0, registered(ME, OTHER), whole=True))
+    st.handle(Dead(1.0, frozenset({OTHER})))
+    out = st.handle(Acquired(1.1, "a", 2, won=False, holder=HeldBy("s2-late-3")))
+    out = st.handle(Listed(20.0, [K.claim("a", 2)], whole=True))  # long after the timeout
+    assert not of(Acquire, out)
+    out = st.handle(Listed(21.0, registered("s2-late-3"), whole=True))  # there it is
+    for n in range(2 * EVIDENCE):
+        out += st.handle(Listed(22.0 + n, [], whole=True))
+    assert not of(Acquire, out)  # its holder is registered and not dead: never run twice
 
 
 def test_a_slot_no_worker_serves_is_taken_over_after_the_heartbeat_timeout() -> None:

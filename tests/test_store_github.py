@@ -917,3 +917,16 @@ def test_a_read_back_wakes_a_waiter_and_counts_as_its_poll(
         assert waiting.result(timeout=10) == ["fresh"]
         assert time.monotonic() - started < 1.0
     assert emu.calls == {"CreateArtifact": 1, "FinalizeArtifact": 1, "ListArtifacts": 1}
+
+
+def test_a_get_after_the_listed_artifact_went_finds_the_one_that_replaced_it(
+    clients: Clients,
+) -> None:
+    """The listing named a racer's artifact that its job then deleted (it lost the create
+    race); the value under the key is another job's: a get must find that, not None."""
+    first, second, reader = clients.open(), clients.open(), clients.open()
+    assert first.create("claims/m/2", b"loser")
+    assert reader.list("claims/") == ["claims/m/2"]  # the reader now knows first's artifact
+    first.delete("claims/m/2")
+    assert second.create("claims/m/2", b"winner")
+    assert reader.get("claims/m/2") == b"winner"

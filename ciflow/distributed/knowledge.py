@@ -116,6 +116,8 @@ class ClaimInfo:
     reading: bool = False  # a read was asked for and is not answered yet
     #: since when every read found the record missing or unreadable (None: it was read)
     unreadable_since: float | None = None
+    #: our whole listings when its holder first looked gone (see `WorkerState._holder_gone`)
+    doubted_at: int | None = None
 
 
 @dataclass

@@ -56,6 +56,7 @@ from .events import (
     Tick,
 )
 from .knowledge import HELD, TRANSITIONS, ClaimInfo, Config, Hold, Knowledge, Phase, PlanView
+from .liveness import EVIDENCE
 
 __all__ = ["TRANSITIONS", "Config", "Phase", "PlanView", "WorkerState"]
 
@@ -424,6 +425,13 @@ class WorkerState(Knowledge):
             return False
         since = info.seen_at if info.unreadable_since is None else info.unreadable_since
         if now - since <= self.config.heartbeat_timeout:
+            return False
+        # evidence, not just time (a flaky store can delay our listings and reads for longer):
+        # EVIDENCE more whole listings of our own must still find no registration of the
+        # holder, and re-reads (one per listing) still no readable claim
+        if info.doubted_at is None:
+            info.doubted_at = self.listings
+        if self.listings - info.doubted_at < EVIDENCE:
             return False
         if not info.warned:
             info.warned = True

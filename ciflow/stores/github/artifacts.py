@@ -325,21 +325,27 @@ class GitHubArtifactStore(DownloadingStore):
     def _download(self, key: str, sink: Sink) -> bool:
         name = self._name(key)
         winner = self._listed.get(name)  # from the last full listing: saves a ListArtifacts
-        if winner is None:
-            entries = self._entries(name)
-            if not entries:
-                return False
-            winner = entries[0]
-        try:
-            resp, _ = self.twirp.rpc(
-                "GetSignedArtifactURL", {**self._ids(winner.job_id), "name": name}
-            )
-        except TwirpError as exc:
-            if exc.not_found:
+        url: object = None
+        for fresh in (winner is None, True):
+            if fresh:
+                entries = self._entries(name)
+                if not entries:
+                    return False
+                winner = entries[0]
+            assert winner is not None
+            try:
+                resp, _ = self.twirp.rpc(
+                    "GetSignedArtifactURL", {**self._ids(winner.job_id), "name": name}
+                )
+            except TwirpError as exc:
+                if not exc.not_found:
+                    raise
                 self._listed.pop(name, None)
-                return False  # deleted since the listing
-            raise
-        url = get_field(resp, "signed_url")
+                if fresh:
+                    return False  # deleted since the listing
+                continue  # the listed one went (a loser of a create race): list again
+            url = get_field(resp, "signed_url")
+            break
         if not isinstance(url, str) or not url:
             raise StoreError(f"github store: GetSignedArtifactURL for {key!r} gave no URL")
 
