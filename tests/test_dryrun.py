@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -89,3 +90,29 @@ def test_a_base_exception_of_a_module_fails_it_on_a_worker(
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert_only_the_raiser_failed(report, reason)
     assert "interrupted" not in proc.stdout + proc.stderr
+
+
+def test_outputs_matching_a_link_out_of_the_workspace_fail_the_module_not_its_worker(
+    tmp_path: Path,
+) -> None:
+    """Packing refuses the link (to /etc/passwd); that fails the module with the reason, its
+    dependent loses a dependency, the other slot's modules succeed, no worker crashes."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ciflow", "dry-run", "--workers", "2", "-k",
+         "--report", str(report), "-f", str(PIPELINES / "outputs_link_out.py")],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    modules = {m["name"]: m for m in json.loads(report.read_text())["modules"]}
+    assert {name: m["outcome"] for name, m in modules.items()} == {
+        "packs_a_link": "failed",
+        "needs_it": "dependency_failed",
+        "bystander": "succeeded",
+    }
+    assert "symlink to /etc/passwd, outside the workspace" in modules["packs_a_link"]["error"]
+    assert "Traceback" not in out
+    codes = re.search(r"worker exit codes: \[(\d+), (\d+)\]", out)
+    assert codes is not None, out
+    assert sorted(codes.groups()) == ["0", "1"]  # the one that ran it reports the failure

@@ -708,3 +708,22 @@ def test_async_modules_raising_base_exceptions_leave_the_thread_and_its_loop_usa
         "aborts": "_Abort: abort",
     }
     assert not result.interrupted and result.exit_code == 1
+
+
+def test_a_module_duration_is_measured_on_the_monotonic_clock_not_the_wall_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wall clock jumps an hour while the module runs (NTP, a VM resumed): its duration
+    stays what it took, and its end is not before its start."""
+
+    @ciflow.module(name="jumps")
+    def jumps() -> None:
+        monkeypatch.setattr(time, "time", lambda real=time.time: real() + 3600.0)
+        time.sleep(0.05)
+
+    result, outcomes, _ = run(tmp_path, modules=[registered()[-1]])
+    assert outcomes == {"jumps": Outcome.SUCCEEDED}
+    (record,) = result.records
+    assert 0.05 <= record.duration < 60.0
+    assert record.end is not None and record.start is not None
+    assert record.end - record.start < 60.0  # the start is placed back from the end

@@ -336,17 +336,20 @@ def test_a_distributed_run_stores_no_secret_and_its_summary_needs_none(tmp_path:
     assert ran.returncode == 1, ran.stdout + ran.stderr  # masks_and_fails failed
     assert "the result of returns contains a registered secret" in ran.stdout
     (run_id,) = [p.name for p in (store / "runs").iterdir()]
-    # the summary job has neither the secret nor the password registered with ctx.mask
+    # the summary job has neither the secret nor the password registered with ctx.mask; on
+    # GitHub Actions it writes the step summary too
+    step = tmp_path / "step-summary.md"
     summary = _ciflow(
         ["summary", "--store", store.as_uri(), "--run-id", run_id,
          "--report", str(tmp_path / "summary.json")],
-        tmp_path, clean,
+        tmp_path, {**clean, "GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(step)},
     )  # fmt: skip
     assert summary.returncode == 1, summary.stdout + summary.stderr
+    assert "masks_and_fails" in step.read_text()
     for needle in (secret, "pw-only-this-worker-knows"):
         for text in (ran.stdout, ran.stderr, summary.stdout, summary.stderr):
             assert needle not in text
-        for report in ("dry.json", "summary.json"):
+        for report in ("dry.json", "summary.json", "step-summary.md"):
             assert needle not in (tmp_path / report).read_text()
         assert not found_in_files(store, needle.encode())
     modules = {m["name"]: m for m in json.loads((tmp_path / "summary.json").read_text())["modules"]}

@@ -110,3 +110,28 @@ def test_a_definition_error_named_by_its_worker_is_one_for_the_whole_run(
     store.create(KEYS.done_of("w"), encode(done))
     result = read_run(store, KEYS, ["a"])
     assert result.records[0].definition_error and result.exit_code == 2
+
+
+def test_the_unpacked_size_is_recorded_with_the_outputs_and_bounds_their_restore(
+    tmp_path: Path,
+) -> None:
+    from ciflow.distributed.archive import ArchiveError
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    work = tmp_path / "work"
+    (work / "out").mkdir(parents=True)
+    (work / "out" / "a.txt").write_bytes(b"x" * 1000)
+    record = ModuleRecord("make", outcome=Outcome.SUCCEEDED, result=b"null")
+    publish_result(store, KEYS, record, attempt=1, worker="w", slot=0, workdir=work,
+                   outputs=["out/*"])  # fmt: skip
+    header = ResultCache(store, KEYS).load("make")
+    assert [ref.unpacked for ref in header.outputs] == [1000]
+    assert ResultCache(store, KEYS).restore_outputs("make", tmp_path / "a", ["out/*"]) == 1
+    # the same archive under a result that recorded fewer bytes: refused, nothing restored
+    small = header.outputs[0].model_copy(update={"unpacked": 10})
+    store.delete(KEYS.result("make"))
+    smaller = header.model_copy(update={"outputs": [small]})
+    store.create(KEYS.result("make"), encode_result(smaller, b"null"))
+    with pytest.raises(ArchiveError, match="10"):
+        ResultCache(store, KEYS).restore_outputs("make", tmp_path / "b", ["out/*"])
+    assert not (tmp_path / "b" / "out" / "a.txt").exists()

@@ -41,13 +41,11 @@ class _Attempt:
     __slots__ = ("index", "number", "cancellation", "timed_out", "abandoned", "retired", "start")
 
     def __init__(self, index: int, number: int) -> None:
-        self.index = index
-        self.number = number
+        self.index, self.number, self.start = index, number, 0.0
         self.cancellation = Cancellation()
         self.timed_out = False
         self.abandoned = False  # the engine gave up waiting; the thread's result is discarded
         self.retired = False  # the thread running it was replaced and must exit afterwards
-        self.start = 0.0
 
 
 class Engine:
@@ -93,6 +91,7 @@ class Engine:
         self._mods = [pipeline.modules[n] for n in names]
         self._bindings = [pipeline.bindings[n] for n in names]
         self._records = [ModuleRecord(n) for n in names]
+        self._offset: dict[int, float] = {}  # wall minus monotonic clock at a module's start
         count = len(names)
         self._index = index
         self._succ: list[list[int]] = [[] for _ in range(count)]
@@ -359,6 +358,7 @@ class Engine:
             attempt.start = time.monotonic()
             if rec.start is None:
                 rec.start = time.time()
+                self._offset[i] = rec.start - attempt.start
             if mod.timeout is not None:
                 with self._lock:
                     self._add_timer(attempt.start + mod.timeout, "timeout", attempt)
@@ -411,7 +411,7 @@ class Engine:
             rec.attempts = 0
             self._finish(i, Outcome.SKIPPED, reason=settled.error)
             return
-        rec.end = time.time()
+        rec.end = time.monotonic() + self._offset[i] if i in self._offset else time.time()
         rec.duration += time.monotonic() - attempt.start
         if settled.outcome is Outcome.SUCCEEDED:
             self._values[i] = result.value
