@@ -756,6 +756,33 @@ def test_sigterm_ends_a_worker_waiting_for_its_plan_at_once(
     assert "stopped while waiting for the plan" in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize(
+    "signals", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM,)], ids=["github", "kubernetes"]
+)
+def test_a_signal_while_registering_on_a_slow_store_ends_the_worker_at_once(
+    pipelines: Path, signals: tuple[signal.Signals, ...]
+) -> None:
+    """Every store call takes 3 s: a cancelled job must not finish registering first (GitHub
+    sends SIGINT then SIGTERM, Kubernetes SIGTERM)."""
+    from ciflow.testing.emulator import Faults, GitHubEmulator
+
+    with GitHubEmulator("127.0.0.1", 0) as emu:
+        emu.faults = Faults(latency=3.0)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ciflow", "worker", "--slot", "0", "-f",
+             str(pipelines / "basic.py"), "--store", "github://", "--run-id", "slow"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **emu.env("41", "work-0")},
+        )  # fmt: skip
+        time.sleep(1.5)  # started, and inside its first store calls
+        for sig in signals:
+            proc.send_signal(sig)
+            time.sleep(0.1)
+        out, _ = proc.communicate(timeout=10)  # registering alone takes longer than this
+    assert proc.returncode == 130, out
+    assert "stopped while registering" in out and "Traceback" not in out
+
+
 def test_an_archive_that_cannot_be_restored_fails_the_dependent_not_the_worker(
     tmp_path: Path,
 ) -> None:

@@ -131,6 +131,9 @@ class Worker:
         self._inbox: queue.SimpleQueue[Event | Crashed] = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._signals = 0
+        #: before the run proper ("registering", "waiting for the plan") a signal raises
+        #: `Interrupted` wherever the main thread is; None once modules may run
+        self._phase: str | None = None
         self._contested = False
         self._warned_twice = False
         self._finish_at: dict[str, float] = {}
@@ -150,15 +153,25 @@ class Worker:
             return self._run()
 
     def _run(self) -> int:
-        own_job = self._watch_jobs()
-        if own_job is not None:
-            self.worker_id = new_worker_id(self.options.slot, own_job)
-        reg = register(
-            self.store, self.keys, self.worker_id, self.options.slot, self.caps,
-            self.options.runs_on,
-        )  # fmt: skip
-        self._say(f"registered as {reg.worker} (slot {reg.slot}, {reg.os}/{reg.arch})")
-        self._contested = self._hold_slot()
+        self._phase = "registering"  # until the plan is read, a signal abandons the store call
+        registered = False
+        try:
+            own_job = self._watch_jobs()
+            if own_job is not None:
+                self.worker_id = new_worker_id(self.options.slot, own_job)
+            reg = register(
+                self.store, self.keys, self.worker_id, self.options.slot, self.caps,
+                self.options.runs_on,
+            )  # fmt: skip
+            registered, self._phase = True, "waiting for the plan"  # from here on, by its name
+            self._say(f"registered as {reg.worker} (slot {reg.slot}, {reg.os}/{reg.arch})")
+            self._contested = self._hold_slot()
+            self._phase = None  # a signal from here to the plan wait sets only the stop flag
+        except Interrupted as exc:
+            self._say(str(exc))
+            if registered:
+                self._leave(exc.exit_code)
+            return exc.exit_code
         # the registration is the first sign of life: the first beat follows one interval later
         beats = HeartbeatThread(self.store, self.keys, self.worker_id, self.heartbeat_interval)
         if own_job is None:
@@ -167,10 +180,13 @@ class Worker:
             self._say(f"liveness: the jobs API watches job {own_job}; no heartbeats")
         code: int = ExitCode.USAGE
         try:
+            self._phase = "waiting for the plan"
             plan = read_plan(self.store, self.keys, self.options.plan_timeout, self._stopped)
+            self._phase = None
             self._check_plan(plan)
             code = self._loop(plan, beats)
         except Interrupted as exc:
+            self._phase = None
             self._say(str(exc))
             code = exc.exit_code
         except CiflowError as exc:
@@ -211,6 +227,9 @@ class Worker:
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
         self.stop(hard=self._signals > 1 or signum == signal.SIGINT)
+        phase, self._phase = self._phase, None
+        if phase is not None:  # nothing runs yet: end at once, even inside a slow store call
+            raise Interrupted(f"stopped while {phase}")
 
     def _leave(self, code: int) -> None:
         if self.liveness.jobs is not None:
