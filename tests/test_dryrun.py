@@ -113,6 +113,7 @@ def test_outputs_matching_a_link_out_of_the_workspace_fail_the_module_not_its_wo
     }
     assert "symlink to /etc/passwd, outside the workspace" in modules["packs_a_link"]["error"]
     assert "Traceback" not in out
+    assert "[packs_a_link] failed" in out  # its log line too, not only the summary
     codes = re.search(r"worker exit codes: \[(\d+), (\d+)\]", out)
     assert codes is not None, out
     assert sorted(codes.groups()) == ["0", "1"]  # the one that ran it reports the failure

@@ -214,13 +214,16 @@ class ModuleExecutor:
         if record.definition_error:
             self.definition_errors.append(name)
         self.cancel_run(record)  # fail-fast: the cancel record comes before the result
+        ran = record.outcome
         written = publish_result(
             self.store, self.me.keys, record, attempt=attempt, worker=self.me.worker,
             slot=self.me.slot, workdir=self.me.workdir, outputs=mod.outputs,
             failpoint=lambda: failpoint("after-outputs", name), cache=self.results,
             warn=self.console.message,
         )  # fmt: skip
-        self.cancel_run(record)  # packing its outputs may have failed it
+        if record.outcome is not ran:  # packing its outputs failed it: the log says so too
+            self.console.module_finished(record)
+        self.cancel_run(record)
         with self._restore_lock:
             self._restored.add(name)  # its files are in this workspace: never download them
         return written
