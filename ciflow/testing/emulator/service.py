@@ -407,6 +407,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _print_exports(emulator: GitHubEmulator, run_id: str, jobs: list[str]) -> None:
+    for name, value in emulator.env(run_id, jobs[0]).items():
+        print(f"export {name}={shlex.quote(value)}")
+    for job in jobs[1:]:
+        other = emulator.env(run_id, job)
+        print(
+            f"# job {job}: export ACTIONS_RUNTIME_TOKEN="
+            f"{shlex.quote(other['ACTIONS_RUNTIME_TOKEN'])} "
+            f"CIFLOW_JOB_ID={other['CIFLOW_JOB_ID']} GITHUB_JOB={shlex.quote(job)}"
+        )
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve the emulator until Ctrl-C, SIGTERM or SIGHUP (its folder is removed then),
     printing ``export`` lines for a job's environment."""
@@ -414,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.job_id or ["local-job"]
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
+    emulator: GitHubEmulator | None = None
     try:
         faults = Faults(
             rate=args.fault_rate,
@@ -426,25 +440,16 @@ def main(argv: list[str] | None = None) -> int:
         emulator = GitHubEmulator(args.host, args.port, data_dir=args.data_dir)
         emulator.faults = faults
         emulator.start()
-        for name, value in emulator.env(args.run_id, jobs[0]).items():
-            print(f"export {name}={shlex.quote(value)}")
-        for job in jobs[1:]:
-            other = emulator.env(args.run_id, job)
-            print(
-                f"# job {job}: export ACTIONS_RUNTIME_TOKEN="
-                f"{shlex.quote(other['ACTIONS_RUNTIME_TOKEN'])} "
-                f"CIFLOW_JOB_ID={other['CIFLOW_JOB_ID']} GITHUB_JOB={shlex.quote(job)}"
-            )
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        sys.stdout.flush()
+        _print_exports(emulator, args.run_id, jobs)
         print(f"# serving {emulator.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        pass
+        pass  # a stop signal may land anywhere above, even while the exports are printed
     finally:
-        emulator.stop()
+        if emulator is not None:
+            emulator.stop()
     return 0
