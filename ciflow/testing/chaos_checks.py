@@ -124,10 +124,13 @@ def _agreement(
 def _outcomes(
     case: Case, pipeline: _Pipeline, modules: dict[str, dict[str, Any]], killed: set[str]
 ) -> list[str]:
-    """``killed``: modules whose workers died under them twice (they may fail for it)."""
+    """``killed``: modules whose workers died under them twice (they may fail for it, and their
+    dependents end ``dependency_failed``)."""
     broken = []
     expected = pipeline.expected()
     poisoned = pipeline.downstream(set(pipeline.bad))
+    lost = {n for n in killed if _died_under(modules.get(n))}
+    after_lost = pipeline.downstream(lost) - lost
     for name in pipeline.deps:
         entry = modules.get(name)
         outcome = None if entry is None else entry.get("outcome")
@@ -140,12 +143,17 @@ def _outcomes(
             broken.append(f"{name} ({pipeline.bad[name]}) ended {outcome}")
         keep_going = case.category != "failfast"
         damaged = case.category in ("corrupt", "plant")
-        deaths = outcome == "failed" and "its worker died" in str(entry and entry.get("error"))
-        if deaths and name in killed:
+        if name in lost or (name in after_lost and outcome == "dependency_failed"):
             continue
         if keep_going and not damaged and name not in poisoned and outcome not in _OK:
             broken.append(f"{name} ended {outcome}: {entry and entry.get('error')}")
     return broken
+
+
+def _died_under(entry: dict[str, Any] | None) -> bool:
+    if entry is None or entry.get("outcome") != "failed":
+        return False
+    return "its worker died" in str(entry.get("error"))
 
 
 def _ledger(folder: Path) -> dict[str, list[int]]:
