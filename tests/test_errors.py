@@ -7,6 +7,7 @@ and (for ``summary``) a run that does not exist. Commands: ``run``, ``dry-run``,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -135,6 +136,35 @@ def test_a_deleted_result_makes_the_summary_incomplete(tmp_path: Path, pipelines
     code, out, _ = _cli("summary", "--store", f"file://{store}", "--run-id", "table")
     assert code == ExitCode.INCOMPLETE
     assert "FAILED (results missing): 3 module(s): 2 succeeded, 1 missing" in out
+
+
+@pytest.mark.parametrize(
+    ("code", "says"), [(errno.ENOSPC, "is full"), (errno.EROFS, "is on a read-only file system")]
+)
+def test_a_store_that_fills_up_or_turns_read_only_mid_run_is_one_line_and_never_ok(
+    tmp_path: Path, pipelines: Path, monkeypatch: pytest.MonkeyPatch, code: int, says: str
+) -> None:
+    file, store = pipelines / "basic.py", tmp_path / "store"
+    url, keys = f"file://{store}", RunKeys("table")
+    plan = plan_pipeline(load_pipeline(file), [RunnerPool(count=1, tools=None)])
+    publish_plan(open_store(url), keys, plan)  # the plan got in; the results will not
+    real_open = os.open
+
+    def failing_open(path: str, flags: int, mode: int = 0o777, **kw: object) -> int:
+        if str(path).startswith(str(store / "runs" / "table" / "results")):
+            raise OSError(code, os.strerror(code), path)
+        return real_open(path, flags, mode)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "open", failing_open)
+        worker, out, err = _cli("worker", "--slot", "0", "-f", str(file), "--store", url,
+                                "--run-id", "table", *FAST)  # fmt: skip
+    assert worker == ExitCode.FAILED, out
+    assert err.startswith(f"ciflow: error: store folder {store} {says}") and err.count("\n") == 1
+    assert "Traceback" not in out + err
+    summary, out, _ = _cli("summary", "--store", url, "--run-id", "table")
+    assert summary == ExitCode.INCOMPLETE
+    assert "FAILED (results missing): 3 module(s): 3 missing" in out and "OK" not in out
 
 
 def test_summary_of_a_run_that_does_not_exist_is_one_line_and_4(tmp_path: Path) -> None:
