@@ -24,6 +24,7 @@ from ciflow.distributed.keys import RunKeys
 from ciflow.distributed.messages import Registration, decode, encode
 from ciflow.distributed.orchestrator import publish_plan
 from ciflow.distributed.results import read_run
+from ciflow.errors import ExitCode
 from ciflow.execution.engine import Engine
 from ciflow.model.outcome import Outcome
 from ciflow.model.pipeline import load_pipeline
@@ -736,6 +737,39 @@ def test_a_module_that_kills_its_worker_fails_after_two_deaths_and_the_rest_go_o
     assert outcomes["boom"].error == "its worker died while running it 2 times"
     assert sorted(codes).count(5) == 2  # two workers died running it; nobody else did
     assert 1 in codes  # the worker that failed it reports the failure
+
+
+def test_a_module_whose_only_capable_worker_was_killed_fails_after_the_serve_timeout(
+    tmp_path: Path, pipelines: Path
+) -> None:
+    file, store = pipelines / "tag_holder.py", tmp_path / "store"
+    pools = [RunnerPool(count=1, os=None, tags=("gpu",)), RunnerPool(count=1, os=None)]
+    plan = plan_pipeline(load_pipeline(file), pools)
+    entries = {m.name: m for s in plan.slots for m in s.modules}
+    plan.slots[0].modules, plan.slots[1].modules = [entries["train"]], [entries["first"]]
+    publish_plan(open_store(f"file://{store}"), RunKeys("tags"), plan)
+    common = ["-f", str(file), "--store", f"file://{store}", "--run-id", "tags", "--no-steal",
+              "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5"]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-P", "-m", "ciflow", "worker", "--slot", str(slot), *common, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for slot, extra in ((0, ["--tag", "gpu"]), (1, ["--serve-timeout", "2"]))
+    ]
+    assert procs[0].stdout is not None and "registered as" in procs[0].stdout.readline()
+    procs[0].kill()  # the only gpu worker, while it waits for `first`
+    out, _ = procs[1].communicate(timeout=60)  # not forever
+    procs[0].communicate()
+    assert procs[1].returncode == ExitCode.FAILED, out
+    run = read_run(open_store(f"file://{store}"), RunKeys("tags"), ["first", "train"])
+    outcomes = {r.name: (r.outcome, r.error) for r in run.records}
+    assert outcomes["first"] == (Outcome.SUCCEEDED, None)
+    assert outcomes["train"][0] is Outcome.FAILED
+    assert "no live worker can serve it" in str(outcomes["train"][1]), out
+    assert "Traceback" not in out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])

@@ -275,6 +275,16 @@ def worker(
         float,
         typer.Option("--plan-timeout", metavar="SECONDS", help="How long to wait for a plan."),
     ] = 600.0,
+    serve_timeout: Annotated[
+        float,
+        typer.Option(
+            "--serve-timeout",
+            min=0.0,
+            metavar="SECONDS",
+            help="How long a ready module that no live worker can serve (its requirements "
+            "match none of them) waits before it fails.",
+        ),
+    ] = 60.0,
     poll: Annotated[
         float | None,
         typer.Option(
@@ -318,6 +328,7 @@ def worker(
         heartbeat_interval=heartbeat_interval,
         heartbeat_timeout=heartbeat_timeout,
         plan_timeout=plan_timeout,
+        serve_timeout=serve_timeout,
         tags=tuple(tag or ()),
         runs_on=runs_on,
         workdir=workdir,

@@ -62,6 +62,7 @@ class WorkerOptions:
     heartbeat_interval: float | None = None  # default: the store's suggestion
     heartbeat_timeout: float | None = None
     plan_timeout: float = 600.0
+    serve_timeout: float = 60.0  # a ready module no live worker can serve fails after this
     slow_poll: float | None = None  # how often the run's namespace is listed (default: store's)
     steal_delay: float = 0.1  # a module must be ready this long before another slot takes it
     tags: tuple[str, ...] = ()
@@ -321,6 +322,7 @@ class Worker:
             steal=self.options.steal,
             keep_going=self.options.keep_going,
             heartbeat_timeout=self.heartbeat_timeout,
+            unservable_timeout=self.options.serve_timeout,
             steal_delay=self.options.steal_delay,
             ask_expiry=4 * max(self.slow_poll, self.store.poll) + 1.0,
             contested=self._contested,
