@@ -31,7 +31,7 @@ from typing import Any
 
 from . import environ
 
-__all__ = ["CATEGORIES", "Case", "Verdict", "run_case"]
+__all__ = ["CATEGORIES", "POISONS", "Case", "Verdict", "run_case"]
 
 CATEGORIES = ("kill", "term", "faults", "corrupt", "plant", "poison", "failfast")
 WORKERS = 4
@@ -84,6 +84,7 @@ class Case:
 
     category: str
     seed: int
+    poison: str | None = None  # a ``poison`` case's kind (else picked by the seed)
 
     @property
     def secret(self) -> str:
@@ -130,6 +131,8 @@ def _write_pipeline(case: Case, rng: random.Random, folder: Path) -> _Pipeline:
     bad: dict[str, str] = {}
     if case.category == "poison":
         bad[f"m{rng.randrange(n)}"] = rng.choice(POISONS)
+        if case.poison is not None:
+            bad = dict.fromkeys(bad, case.poison)
     elif case.category == "failfast":
         bad[f"m{rng.randrange(n)}"] = "fail"
     text = HEADER
