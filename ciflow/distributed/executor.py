@@ -6,7 +6,8 @@ the module runs with `execution.runner.run_module` (so outcomes, timeouts, retri
 cancellation mean what they mean in ``ciflow run``), and its result is published. The thread
 then posts an `events.Ended` to the worker's loop. What goes wrong with one module's inputs
 (a corrupt result, an archive that cannot be restored) fails that module, never the worker;
-only a store that cannot be reached ends the worker (posted as `Crashed`).
+a store that stays unreachable through its transport's retries is tried `PERSIST_TRIES` more
+times, a growing pause apart, and only then ends the worker (posted as `Crashed`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import CiflowError
 from ..execution.policy import fail_fast_reason
@@ -37,6 +38,13 @@ __all__ = ["Crashed", "ModuleExecutor", "failpoint"]
 
 #: the cancel reason of a module stopped by a signal: it is handed back, not published
 HANDED_BACK = "stopped by a signal"
+
+
+#: how many more times a result is stored (or a module's inputs read) when the store stayed
+#: unreachable through the transport's own retries, and the pause before the first (it grows)
+PERSIST_TRIES = 3
+PERSIST_PAUSE = 2.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -148,7 +156,9 @@ class ModuleExecutor:
                 self.post(Ended(time.monotonic(), name, attempt, None))
                 return
             failpoint("before-result", name)
-            written = self._publish(record, attempt)
+            written = self._persist(
+                f"store the result of {name}", lambda: self._publish(record, attempt)
+            )
             outcome = record.outcome or Outcome.CANCELLED
             self.post(Ended(time.monotonic(), name, attempt, outcome, written))
         except BaseException as exc:  # noqa: BLE001 - the loop decides what it means
@@ -163,8 +173,9 @@ class ModuleExecutor:
         """Run the module; None when a signal stopped it (it is handed back)."""
         mod = self.pipeline.modules[name]
         try:
-            inputs = self._inputs(name, outcomes)
-            self._restore(name, outcomes)
+            inputs = self._persist(
+                f"read the inputs of {name}", lambda: self._prepare(name, outcomes)
+            )
         except StoreUnavailable:
             raise
         except (CiflowError, ValueError, OSError) as exc:
@@ -182,6 +193,27 @@ class ModuleExecutor:
         if handle.reason == HANDED_BACK and record.outcome is Outcome.CANCELLED:
             return None
         return record
+
+    def _persist(self, what: str, call: Callable[[], T]) -> T:
+        """``call``, again after a pause when the store stays unreachable through its own
+        retries (up to `PERSIST_TRIES` more times): a module's work is not thrown away, nor
+        its worker ended, on one bad stretch of the store. Heartbeats go on meanwhile."""
+        for again in range(1, PERSIST_TRIES + 1):
+            try:
+                return call()
+            except StoreUnavailable as exc:
+                pause = PERSIST_PAUSE * again
+                self.console.message(
+                    f"[worker {self.me.slot}] warning: cannot {what} ({exc}); "
+                    f"trying again in {pause:.0f}s ({again} of {PERSIST_TRIES})"
+                )
+                time.sleep(pause)
+        return call()
+
+    def _prepare(self, name: str, outcomes: Mapping[str, Outcome]) -> dict[str, Any]:
+        inputs = self._inputs(name, outcomes)
+        self._restore(name, outcomes)
+        return inputs
 
     def _inputs(self, name: str, outcomes: Mapping[str, Outcome]) -> dict[str, Any]:
         provided: dict[str, Any] = {}
