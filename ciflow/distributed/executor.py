@@ -6,8 +6,9 @@ the module runs with `execution.runner.run_module` (so outcomes, timeouts, retri
 cancellation mean what they mean in ``ciflow run``), and its result is published. The thread
 then posts an `events.Ended` to the worker's loop. What goes wrong with one module's inputs
 (a corrupt result, an archive that cannot be restored) fails that module, never the worker;
-a store that stays unreachable through its transport's retries is tried `PERSIST_TRIES` more
-times, a growing pause apart, and only then ends the worker (posted as `Crashed`).
+a store that refuses (permissions, a full disk) ends the worker (posted as `Crashed`); one
+that kept failing through its transport's retries (`StoreFlaky`) is tried `PERSIST_TRIES`
+more times, a growing pause apart, first.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..execution.policy import fail_fast_reason
 from ..execution.runner import ModuleRun, RunSettings, run_module
 from ..model.outcome import ModuleRecord, Outcome
 from ..model.pipeline import Pipeline
-from ..stores.base import Store, StoreUnavailable
+from ..stores.base import Store, StoreFlaky, StoreUnavailable
 from ..ui.console import Console
 from .events import Ended, Event
 from .keys import RunKeys
@@ -40,8 +41,8 @@ __all__ = ["Crashed", "ModuleExecutor", "failpoint"]
 HANDED_BACK = "stopped by a signal"
 
 
-#: how many more times a result is stored (or a module's inputs read) when the store stayed
-#: unreachable through the transport's own retries, and the pause before the first (it grows)
+#: how many more times a result is stored (or a module's inputs read) when the store kept
+#: failing through the transport's own retries, and the pause before the first (it grows)
 PERSIST_TRIES = 3
 PERSIST_PAUSE = 2.0
 T = TypeVar("T")
@@ -195,13 +196,13 @@ class ModuleExecutor:
         return record
 
     def _persist(self, what: str, call: Callable[[], T]) -> T:
-        """``call``, again after a pause when the store stays unreachable through its own
-        retries (up to `PERSIST_TRIES` more times): a module's work is not thrown away, nor
-        its worker ended, on one bad stretch of the store. Heartbeats go on meanwhile."""
+        """``call``, again after a pause when the store kept failing through its own retries
+        (up to `PERSIST_TRIES` more times): a module's work is not thrown away, nor its worker
+        ended, on one bad stretch of the store. Heartbeats go on meanwhile."""
         for again in range(1, PERSIST_TRIES + 1):
             try:
                 return call()
-            except StoreUnavailable as exc:
+            except StoreFlaky as exc:
                 pause = PERSIST_PAUSE * again
                 self.console.message(
                     f"[worker {self.me.slot}] warning: cannot {what} ({exc}); "

@@ -36,7 +36,15 @@ from ..errors import CiflowError, UsageError
 if TYPE_CHECKING:
     from .registry import StoreProfile
 
-__all__ = ["FIRST_POLL", "Store", "StoreError", "StoreStats", "StoreUnavailable", "check_key"]
+__all__ = [
+    "FIRST_POLL",
+    "Store",
+    "StoreError",
+    "StoreFlaky",
+    "StoreStats",
+    "StoreUnavailable",
+    "check_key",
+]
 
 #: the first pause of the default `Store.wait` (it doubles up to the poll interval)
 FIRST_POLL = 0.005
@@ -50,6 +58,11 @@ class StoreError(CiflowError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached or written (permissions, missing folder, network)."""
+
+
+class StoreFlaky(StoreUnavailable):
+    """Every retry of one call failed transiently (5xx, dropped connections): a later try may
+    work, unlike a refusal (permissions, a full or read-only disk, a bad token)."""
 
 
 def check_key(key: str) -> str:

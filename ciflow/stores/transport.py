@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 import requests
 
 from .._version import __version__
-from .base import StoreUnavailable
+from .base import StoreFlaky, StoreUnavailable
 
 __all__ = [
     "BACKOFF_BASE",
@@ -166,7 +166,7 @@ class Transport:
         ``read`` gets each answer the transport does not retry itself (the response is closed
         afterwards, so a streamed body must be consumed there). ``detail`` adds to the
         ``HTTP <status>`` of a retried answer; ``fail_fast`` sees every answer first and may
-        raise. Gives up with `StoreUnavailable` after ``max_attempts`` (`RateLimited` when asked
+        raise. Gives up with `StoreFlaky` after ``max_attempts`` (`RateLimited` when asked
         to wait too long); the message names ``what`` (default: ``counter``).
         """
 
@@ -217,7 +217,7 @@ class Transport:
                 ambiguous = ambiguous or retry.ambiguous
                 if n == self.max_attempts:
                     self.trouble(began, time.monotonic())
-                    raise StoreUnavailable(
+                    raise StoreFlaky(
                         f"{self.label}: {what} failed after {n} attempts: {retry.why}"
                     ) from None
                 try:
