@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -64,13 +65,7 @@ def _checked(
     (tmp_path / "ledger.jsonl").write_text(json.dumps(["m0", 1]) + "\n" + json.dumps(["m0", 2]))
     report = {"exit_code": summary[0], "modules": modules}
     (tmp_path / "report.json").write_text(json.dumps(report))
-
-    class Dead:
-        pid = 0
-
-    procs = [Dead(), Dead(), Dead()]
-    for pid, proc in zip((1, 2, 3), procs, strict=True):
-        proc.pid = pid
+    procs = [SimpleNamespace(pid=pid) for pid in (1, 2, 3)]
     pipeline = _Pipeline({"m0": [], "m1": ["m0"], "m2": []}, {})
     return check(Case("kill", seed=1), pipeline, tmp_path, procs, [-9, -9, 0], "", summary)  # type: ignore[arg-type]
 

@@ -130,9 +130,8 @@ def _write_pipeline(case: Case, rng: random.Random, folder: Path) -> _Pipeline:
     deps: dict[str, list[str]] = {}
     bad: dict[str, str] = {}
     if case.category == "poison":
-        bad[f"m{rng.randrange(n)}"] = rng.choice(POISONS)
-        if case.poison is not None:
-            bad = dict.fromkeys(bad, case.poison)
+        kind = rng.choice(POISONS)  # drawn before the module, as the seeds were recorded
+        bad[f"m{rng.randrange(n)}"] = case.poison or kind
     elif case.category == "failfast":
         bad[f"m{rng.randrange(n)}"] = "fail"
     text = HEADER
