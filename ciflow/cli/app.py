@@ -13,6 +13,8 @@ from typer.core import TyperGroup
 
 from .._version import __version__
 from ..errors import CiflowError, ExitCode
+from .cache import CacheOption, NoCacheOption, RebuildOption
+from .cache import app as cache_app
 from .options import (
     DebugOption,
     FileOption,
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["app", "main"]
 
 
-# Commands defined in cli_distributed.py, imported only when one of them runs (or for --help).
+# Commands defined in distributed.py (dry-run: dryrun.py), imported only when one of them runs
+# (or for --help).
 _LAZY = ("plan", "worker", "dry-run", "status", "summary", "emulate-github")
 
 
@@ -42,9 +45,10 @@ class _Group(TyperGroup):
         if cmd_name in _LAZY:
             from typer.main import get_command
 
-            from . import distributed
+            from . import distributed, dryrun
 
-            return get_command(distributed.app).get_command(ctx, cmd_name)  # type: ignore[attr-defined]
+            group = dryrun.app if cmd_name == "dry-run" else distributed.app
+            return get_command(group).get_command(ctx, cmd_name)  # type: ignore[attr-defined]
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: Any) -> Any:
@@ -170,6 +174,9 @@ def run(
     no_history: Annotated[
         bool, typer.Option("--no-history", help="Do not record durations for the planner.")
     ] = False,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+    rebuild: RebuildOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Run the pipeline on this machine, in parallel, and print a summary."""
@@ -185,16 +192,13 @@ def run(
     check_requirements(pipeline.modules, active, Capabilities.detect(tools, tag or ()))
     console = Console(verbose=not quiet)
     console.sources = _sources(pipeline)
-    workdir = pipeline.folder
+    from .cache import finish_cache, open_cache
+
+    module_cache = open_cache(pipeline, cache, off=no_cache, rebuild=rebuild, warn=console.message)
     engine = Engine(
-        pipeline,
-        selection,
-        console=console,
-        jobs=jobs,
-        keep_going=keep_going,
-        workdir=workdir,
-        run_id=run_id,
-    )
+        pipeline, selection, console=console, jobs=jobs, keep_going=keep_going,
+        workdir=pipeline.folder, run_id=run_id, cache=module_cache,
+    )  # fmt: skip
     result = engine.run()
     if not no_history:
         from ..planning.history import History
@@ -203,6 +207,7 @@ def run(
             History.update(_history_path(pipeline, history), result.records)
         except CiflowError as exc:
             console.print(f"ciflow: warning: {exc}")
+    finish_cache(module_cache, result, explicit=cache is not None, warn=console.message)
     from .verdict import write_outputs
 
     failure = write_outputs(result, report, None)
@@ -305,6 +310,9 @@ def validate(file: FileOption = None, debug: DebugOption = False) -> None:
     caps = Capabilities.detect(tools)
     for problem in unmet(pipeline.modules, pipeline.order, caps):
         typer.echo(f"note: this machine cannot run {problem}")
+
+
+app.add_typer(cache_app)
 
 
 def main() -> None:

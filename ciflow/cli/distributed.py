@@ -1,4 +1,4 @@
-"""The distributed commands: plan, worker, dry-run, status, summary, emulate-github.
+"""The distributed commands: plan, worker, status, summary, emulate-github (dry-run: dryrun.py).
 
 Imported only when one of them runs (see ``cli._Group``), so that ``ciflow --help``,
 ``--version`` and ``ciflow run`` do not pay for them.
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import UsageError
+from .cache import CacheOption, NoCacheOption, RebuildOption, cache_url, checked_rebuild
 from .options import DebugOption, FileOption, HistoryOption, _history_path, _load, _sources
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ def plan_(
         float,
         typer.Option("--register-timeout", metavar="SECONDS", help="How long to wait."),
     ] = 300.0,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+    rebuild: RebuildOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Compute which CI slot runs which module; print it, store it, emit the GitHub matrix."""
@@ -121,8 +125,8 @@ def plan_(
         return
     pipeline = _load(file, debug)
     from .._files import atomic_write_text
-    from ..planning.history import History
     from ..planning.planner import RunnerPool, Transfer, load_pools, parse_pool, plan_pipeline
+    from ..stores import open_store
 
     target = None
     if store is not None or wait_for_workers is not None:
@@ -157,12 +161,19 @@ def plan_(
 
     kind = backend_for(store).scheme if store is not None else "file"  # prices transfers
     transfer = Transfer.for_store(kind, latency, None if bandwidth is None else bandwidth * 1e6)
+    from ..cache.predict import expected_hits, merged_history
+
+    cache_store = None if no_cache else open_store(cache_url(pipeline, cache))
+    cached: set[str] = set()
+    if cache_store is not None:
+        cached = expected_hits(cache_store, pipeline, selection.names)
     result = plan_pipeline(
         pipeline,
         pools,
         selection=selection,
-        history=History.load(_history_path(pipeline, history)),
+        history=merged_history(_history_path(pipeline, history), cache_store),
         transfer=transfer,
+        cached=cached - set(checked_rebuild(pipeline, rebuild)),
     )
     if wait_for_workers is not None:
         for planned, reg in zip(result.slots, regs, strict=True):
@@ -296,6 +307,9 @@ def worker(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide command output.")] = False,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+    rebuild: RebuildOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Run the modules of one slot of a distributed run (and steal or take over others)."""
@@ -332,105 +346,12 @@ def worker(
         tags=tuple(tag or ()),
         runs_on=runs_on,
         workdir=workdir,
+        cache=None if no_cache else cache_url(pipeline, cache),
+        rebuild=tuple(checked_rebuild(pipeline, rebuild)),
     )
     console = Console(verbose=not quiet)
     console.sources = _sources(pipeline)
     code = Worker(pipeline, target_store, keys.run_id, options, console).run()
-    raise typer.Exit(code)
-
-
-@app.command("dry-run")
-def dry_run(
-    workers: Annotated[
-        int, typer.Option("--workers", "-w", min=1, metavar="N", help="Worker processes.")
-    ] = 2,
-    file: FileOption = None,
-    jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, metavar="N", help="Modules per worker at once.")
-    ] = 2,
-    kill: Annotated[
-        list[str] | None,
-        typer.Option("--kill", metavar="SLOT@SECONDS", help="SIGKILL a worker mid-run."),
-    ] = None,
-    keep_going: Annotated[bool, typer.Option("--keep-going", "-k")] = False,
-    store: StoreOption = None,
-    report: Annotated[
-        Path | None, typer.Option("--report", metavar="PATH", help="Write the JSON run report.")
-    ] = None,
-    heartbeat_timeout: Annotated[
-        float, typer.Option("--heartbeat-timeout", metavar="SECONDS")
-    ] = 3.0,
-    shared_workdir: Annotated[
-        bool,
-        typer.Option(
-            "--shared-workdir",
-            help="Let all workers use the pipeline's folder instead of a copy each.",
-        ),
-    ] = False,
-    debug: DebugOption = False,
-) -> None:
-    """Run the distributed flow on this machine: a plan and N real worker processes.
-
-    Each worker gets its own copy of the pipeline's folder (like separate CI runners), so
-    declared outputs really travel through the store.
-    """
-    import tempfile
-
-    pipeline = _load(file, debug)
-    assert pipeline.path is not None
-    from .._signals import interrupting
-    from ..distributed.dryrun import (
-        copy_workspaces,
-        parse_kill,
-        start_workers,
-        stop_workers,
-        supervise,
-    )
-    from ..distributed.keys import RunKeys
-    from ..distributed.orchestrator import publish_plan, wait_for_registrations
-    from ..execution.runner import new_run_id
-    from ..model.requirements import Capabilities
-    from ..planning.history import History
-    from ..planning.planner import RunnerPool, plan_pipeline
-    from ..stores import open_store
-    from ..ui.console import Console
-
-    kills = [parse_kill(spec, workers) for spec in kill or ()]
-    tools = {t for m in pipeline.modules.values() for t in m.requires.tools}
-    caps = Capabilities.detect(tools)
-    pool = RunnerPool(count=workers, runs_on="local", os=caps.os, arch=caps.arch,
-                      tools=tuple(sorted(caps.tools or ())))  # fmt: skip
-    plan = plan_pipeline(pipeline, [pool], history=History.load(_history_path(pipeline, None)))
-    console = Console()
-    # SIGTERM and SIGHUP stop a dry-run as Ctrl-C does: workers stopped, its folder removed
-    with interrupting(), tempfile.TemporaryDirectory(prefix="ciflow-dry-run-") as tmp:
-        url = store or f"file://{tmp}/store"
-        run_id = new_run_id()
-        target = open_store(url)
-        keys = RunKeys(run_id)
-        console.print(plan.render())
-        console.print(f"ciflow: dry-run {run_id}: {workers} worker(s) on {url}")
-        extra = ["--jobs", str(jobs), "--heartbeat-interval", str(min(1.0, heartbeat_timeout / 4)),
-                 "--heartbeat-timeout", str(heartbeat_timeout)]  # fmt: skip
-        if keep_going:
-            extra.append("--keep-going")
-        spaces = None
-        if not shared_workdir:
-            spaces = copy_workspaces(pipeline.path.parent, Path(tmp) / "workspaces", workers)
-        procs = start_workers(workers, pipeline_file=pipeline.path, store_url=url,
-                              run_id=run_id, extra=extra, workspaces=spaces)  # fmt: skip
-        try:
-            try:  # like CI runners, workers come up one by one: start the run once all are there
-                wait_for_registrations(target, keys, workers, 1, timeout=30.0)
-            finally:
-                publish_plan(target, keys, plan)
-            codes = supervise(procs, console, kills)
-        finally:
-            stop_workers(procs, console)  # none left unless interrupted or failed
-        from .verdict import render_run
-
-        code = render_run(target, keys, console, report, pipeline.order)
-        console.print(f"ciflow: worker exit codes: {codes}")
     raise typer.Exit(code)
 
 
@@ -441,13 +362,30 @@ def summary(
     report: Annotated[
         Path | None, typer.Option("--report", metavar="PATH", help="Write the JSON run report.")
     ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache",
+            metavar="URL",
+            envvar="CIFLOW_CACHE",
+            help="Record the run's durations in this cache store [default: the Actions cache "
+            "inside GitHub Actions, else none].",
+        ),
+    ] = None,
+    no_cache: NoCacheOption = False,
 ) -> None:
     """Render a distributed run's summary (and JSON report) from the store."""
+    import os
+
+    from ..providers.registry import current
+    from ..stores import open_store
     from ..ui.console import Console
     from .verdict import render_run
 
     target, keys = _open_run(store, run_id)
-    raise typer.Exit(render_run(target, keys, Console(), report, None))
+    url = None if no_cache else cache or current().default_cache(os.environ)
+    cache_store = None if url is None else open_store(url)
+    raise typer.Exit(render_run(target, keys, Console(), report, None, cache_store))
 
 
 @app.command()

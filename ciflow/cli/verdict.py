@@ -46,8 +46,12 @@ def render_run(
     console: Console,
     report: Path | None,
     order: list[str] | None,
+    cache: Store | None = None,
 ) -> int:
     """Print the run's summary (and write its report) from the store; return the exit code.
+
+    With ``cache`` (the result cache's store) the run's durations are recorded there, for the
+    next plan (`ciflow.cache.history`).
 
     Every module of the stored plan (or ``order`` without one) is shown, those without a result
     as ``missing``. No plan and no result at all is `RunNotFound`, never an empty OK.
@@ -66,6 +70,13 @@ def render_run(
         done = finished_workers(store, keys)
     except StoreError:  # read_run warned about it
         done = {}
+    if cache is not None:
+        from ..cache.history import record_run
+
+        try:
+            record_run(cache, result.records)
+        except StoreError as exc:
+            typer.echo(f"ciflow: warning: the run's durations were not recorded ({exc})", err=True)
     calls = store_calls([d.store_ops for d in done.values()], len(result.records))
     failure = write_outputs(result, report, calls)
     console.print(render_summary(result, None if failure is None else "report not written"))

@@ -148,6 +148,12 @@ class ResultHeader(BaseModel):
     payload_sha256: str = ""
     payload_size: int = Field(default=0, ge=0)
     outputs: list[OutputRef] = Field(default_factory=list)
+    #: content digest of the declared outputs (`ciflow.cache.digest.outputs_digest`), if known
+    outputs_digest: str | None = None
+    #: the result cache's verdict for this module ("hit", "miss: ..."; None: not cached)
+    cache: str | None = None
+    #: seconds a cache hit saved
+    saved: float = Field(default=0.0, ge=0)
 
 
 def encode_result(header: ResultHeader, payload: bytes, *, level: int = 3) -> bytes:

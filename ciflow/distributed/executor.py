@@ -21,12 +21,15 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..cache.digest import digest_bytes
+from ..cache.key import UNKNOWN, Product
 from ..errors import CiflowError
+from ..execution.attempt import AttemptResult, Ending
 from ..execution.policy import fail_fast_reason
 from ..execution.runner import ModuleRun, RunSettings, run_module
-from ..model.outcome import ModuleRecord, Outcome
+from ..model.outcome import HAS_VALUE, ModuleRecord, Outcome
 from ..model.pipeline import Pipeline
 from ..stores.base import Store, StoreFlaky, StoreUnavailable
 from ..ui.console import Console
@@ -34,6 +37,9 @@ from .events import Ended, Event
 from .keys import RunKeys
 from .messages import CancelRecord, encode
 from .results import ResultCache, publish_result
+
+if TYPE_CHECKING:
+    from ..cache.session import ModuleCache
 
 __all__ = ["Crashed", "ModuleExecutor", "failpoint"]
 
@@ -89,8 +95,10 @@ class ModuleExecutor:
         console: Console,
         post: Callable[[Event | Crashed], None],
         jobs: int,
+        cache: ModuleCache | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.cache = cache
         self.store = store
         self.results = results
         self.me = me
@@ -187,13 +195,34 @@ class ModuleExecutor:
             self.console.module_finished(record)
             return record
         settings = RunSettings(self.me.workdir, self.me.keys.run_id)
+        cache, products = self.cache, self._products(name, outcomes)
         record = run_module(
             mod, self.pipeline.bindings[name], inputs=inputs, first_attempt=attempt,
             settings=settings, console=self.console, handle=handle,
+            lookup=None if cache is None else cache.hook(name, 1, products),
         )  # fmt: skip
         if handle.reason == HANDED_BACK and record.outcome is Outcome.CANCELLED:
             return None
+        if cache is not None and record.outcome in HAS_VALUE:
+            ending = Ending.CACHED if record.outcome is Outcome.CACHED else Ending.SUCCESS
+            done = AttemptResult(ending, data=record.result)
+            cache.finished(name, done, record.duration, record, {})
         return record
+
+    def _products(self, name: str, outcomes: Mapping[str, Outcome]) -> dict[str, Product]:
+        """What the dependencies of ``name`` hand its cache key, from their result records."""
+        products: dict[str, Product] = {}
+        if self.cache is None or not self.cache.applies(name):
+            return products
+        for dep in self.pipeline.modules[name].depends_on:
+            if not outcomes.get(dep.name, Outcome.FAILED).has_value:
+                continue
+            header = self.results.load(dep.name)
+            digest = header.outputs_digest
+            if digest is None:
+                digest = UNKNOWN if self.pipeline.modules[dep.name].outputs else "-"
+            products[dep.name] = (digest_bytes(self.results.payload(dep.name) or None), digest)
+        return products
 
     def _persist(self, what: str, call: Callable[[], T]) -> T:
         """``call``, again after a pause when the store kept failing through its own retries

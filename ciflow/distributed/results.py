@@ -77,6 +77,9 @@ def publish_result(
         error=record.error,
         skip_reason=record.skip_reason,
         outputs=shipped,
+        outputs_digest=record.outputs_digest,
+        cache=record.cache,
+        saved=record.saved,
     )
     written = store.create(keys.result(record.name), encode_result(header, payload))
     if written and cache is not None:
@@ -276,6 +279,9 @@ def read_run(store: Store, keys: RunKeys, order: Iterable[str]) -> RunResult:
                 duration=header.duration,
                 error=header.error,
                 skip_reason=header.skip_reason,
+                cache=header.cache,
+                saved=header.saved,
+                outputs_digest=header.outputs_digest,
                 result=cache.payloads[name] or None,
                 worker=header.worker,
                 slot=header.slot,

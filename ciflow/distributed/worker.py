@@ -18,6 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._signals import catching_signals
 from ..errors import CiflowError, ExitCode, Interrupted, RequirementError
@@ -45,6 +46,9 @@ from .results import ResultCache
 from .state import WorkerState
 from .watch import Watcher
 
+if TYPE_CHECKING:
+    from ..cache.session import ModuleCache
+
 __all__ = ["Worker", "WorkerOptions", "read_plan"]
 
 #: the longest the loop waits for an event before it checks its clocks again
@@ -68,6 +72,8 @@ class WorkerOptions:
     tags: tuple[str, ...] = ()
     runs_on: str | None = None
     workdir: Path = field(default_factory=Path.cwd)
+    cache: str | None = None  # the result cache's store URL (None: no cache)
+    rebuild: tuple[str, ...] = ()  # modules whose cache hits are ignored
 
 
 def read_plan(
@@ -329,6 +335,18 @@ class Worker:
         )
         return WorkerState(plan=view, config=config, keys=self.keys)
 
+    def _cache(self) -> ModuleCache | None:
+        """The result cache (`WorkerOptions.cache`), or None."""
+        if self.options.cache is None:
+            return None
+        from ..cache.session import ModuleCache
+        from ..stores.registry import open_store
+
+        return ModuleCache(
+            open_store(self.options.cache), self.pipeline, workdir=self.options.workdir,
+            rebuild=self.options.rebuild, warn=lambda line: self._say(line),
+        )  # fmt: skip
+
     def _loop(self, plan: DistributedExecutionPlan, beats: HeartbeatThread) -> int:
         state = self._machine(plan)
         me = Identity(
@@ -337,7 +355,7 @@ class Worker:
         )  # fmt: skip
         executor = ModuleExecutor(
             self.pipeline, self.store, self.results, me, self.console, self._inbox.put,
-            self.options.jobs,
+            self.options.jobs, self._cache(),
         )  # fmt: skip
         self._definition_errors = executor.definition_errors
         actions = Actions(

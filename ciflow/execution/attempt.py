@@ -33,6 +33,7 @@ class Ending(enum.Enum):
     FAILURE = "failure"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    CACHED = "cached"  # the result cache had it: nothing ran
 
 
 @dataclass(slots=True)
@@ -58,6 +59,7 @@ def run_attempt(
     output: Callable[[str, str], None],
     on_start: Callable[[], None] = lambda: None,
     loop: asyncio.AbstractEventLoop | None = None,
+    lookup: Callable[[], AttemptResult | None] | None = None,
 ) -> AttemptResult:
     """Run attempt ``number`` of ``mod`` with its dependencies' values ``inputs`` (by name).
 
@@ -65,7 +67,8 @@ def run_attempt(
     skip condition); ``on_start`` is called just before the function (the caller's clock
     starts there); ``output`` receives what the function prints (`ciflow.execution.capture`)
     and the traceback lines of a failure. The skip condition is
-    evaluated on the first attempt only.
+    evaluated on the first attempt only. ``lookup`` (the result cache's hook) runs after the
+    skip condition and ``on_start``: a result it gives ends the attempt without the call.
     """
     name = mod.name
     ctx = context() if binding.ctx_param is not None or mod.skip_if is not None else None
@@ -80,6 +83,10 @@ def run_attempt(
     for param, dep in binding.dep_params:
         kwargs[param] = inputs.get(dep)
     on_start()
+    if lookup is not None:
+        cached = lookup()
+        if cached is not None:
+            return cached
     try:
         with routed(name, output):  # print() and sys.stderr of the module: its output lines
             if mod.is_async:

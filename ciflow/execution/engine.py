@@ -30,11 +30,17 @@ from .process import KILL_GRACE, Cancellation
 from .runner import default_jobs, new_run_id
 
 if TYPE_CHECKING:
+    from ..cache.session import ModuleCache
     from ..ui.console import Console
 
 __all__ = ["Engine"]
 
 _POLL = 0.05  # how often the timekeeping thread looks at signals when nothing else wakes it
+_INTERRUPTED = (
+    "interrupted: cancelling running modules (always_run modules still run; interrupt again "
+    "to stop them too)",
+    "interrupted again: cancelling always_run modules too",
+)
 
 
 class _Attempt:
@@ -64,6 +70,7 @@ class Engine:
         environ: Mapping[str, str] | None = None,
         kill_grace: float = KILL_GRACE,
         handle_signals: bool = True,
+        cache: ModuleCache | None = None,
     ) -> None:
         if console is None:
             from ..ui.console import Console
@@ -80,6 +87,8 @@ class Engine:
         self.kill_grace = kill_grace
         self.handle_signals = handle_signals
         self._external_cancel: str | None = None
+        self.cache = cache
+        self._products: dict[str, tuple[str, str]] = {}  # digests cached dependents' keys use
 
         with gc_paused():
             self._prepare(pipeline)
@@ -218,14 +227,12 @@ class Engine:
 
     def _take(self, i: int, attempt: _Attempt) -> None:
         self._running[i] = attempt
-        constraints = self._mods[i].constraints
-        if constraints:
+        if constraints := self._mods[i].constraints:
             self._holdings.take(constraints)
 
     def _release(self, i: int) -> None:
         del self._running[i]
-        constraints = self._mods[i].constraints
-        if constraints:
+        if constraints := self._mods[i].constraints:
             self._holdings.release(constraints)
         if self._constrained:
             self._work.notify_all()
@@ -351,8 +358,7 @@ class Engine:
         self, i: int, attempt: _Attempt, loop: asyncio.AbstractEventLoop | None
     ) -> AttemptResult:
         """Run one attempt of module ``i`` (no lock held)."""
-        mod = self._mods[i]
-        rec = self._records[i]
+        mod, rec, cache = self._mods[i], self._records[i], self.cache
 
         def started() -> None:
             attempt.start = time.monotonic()
@@ -365,30 +371,25 @@ class Engine:
             self.console.module_started(mod.name, attempt.number)
 
         result = run_attempt(
-            mod,
-            self._bindings[i],
-            number=attempt.number,
+            mod, self._bindings[i], number=attempt.number,
             context=lambda: self._context(i, attempt),
             inputs={dep: self._dep_value(dep) for _, dep in self._bindings[i].dep_params},
-            cancellation=attempt.cancellation,
-            output=self.console.output,
-            on_start=started,
-            loop=loop,
-        )
-        if result.ending is Ending.SUCCESS:
+            cancellation=attempt.cancellation, output=self.console.output,
+            on_start=started, loop=loop,
+            lookup=None if cache is None else cache.hook(mod.name, attempt.number, self._products),
+        )  # fmt: skip
+        if result.ending in (Ending.SUCCESS, Ending.CACHED):
             rec.result = result.data
+            if cache is not None:  # store it, hand its digests on to cached dependents
+                took = rec.duration + time.monotonic() - attempt.start
+                cache.finished(mod.name, result, took, rec, self._products)
         return result
 
     def _context(self, i: int, attempt: _Attempt) -> Context:
         return Context(
-            self._names[i],
-            workdir=self.workdir,
-            run_id=self.run_id,
-            attempt=attempt.number,
-            cancellation=attempt.cancellation,
-            output=self.console.output,
-            environ=self.environ,
-        )
+            self._names[i], workdir=self.workdir, run_id=self.run_id, attempt=attempt.number,
+            cancellation=attempt.cancellation, output=self.console.output, environ=self.environ,
+        )  # fmt: skip
 
     def _dep_value(self, dep_name: str) -> Any:
         j = self._index.get(dep_name)
@@ -413,10 +414,10 @@ class Engine:
             return
         rec.end = time.monotonic() + self._offset[i] if i in self._offset else time.time()
         rec.duration += time.monotonic() - attempt.start
-        if settled.outcome is Outcome.SUCCEEDED:
+        if settled.outcome in HAS_VALUE:
             self._values[i] = result.value
             rec.error = None  # an earlier attempt's error is history now
-            self._finish(i, Outcome.SUCCEEDED)
+            self._finish(i, settled.outcome)
             return
         if settled.outcome is Outcome.CANCELLED:
             self._finish(i, Outcome.CANCELLED, error=settled.error)
@@ -491,10 +492,5 @@ class Engine:
         self._spawn_worker()
 
     def _on_interrupt(self, count: int) -> None:
-        first = count == 1
-        self.console.message(
-            "interrupted: cancelling running modules (always_run modules still run; interrupt "
-            "again to stop them too)" if first else "interrupted again: cancelling always_run "
-            "modules too"
-        )  # fmt: skip
-        self._cancel_run("interrupted", hard=not first)
+        self.console.message(_INTERRUPTED[min(count, 2) - 1])
+        self._cancel_run("interrupted", hard=count > 1)

@@ -110,6 +110,8 @@ def settle(
         return Settlement(Outcome.SKIPPED, result.detail)
     if result.ending is Ending.SUCCESS:
         return Settlement(Outcome.SUCCEEDED, None)
+    if result.ending is Ending.CACHED:
+        return Settlement(Outcome.CACHED, None)
     if result.ending is Ending.CANCELLED and not timed_out:
         return Settlement(Outcome.CANCELLED, result.detail)
     if result.ending is Ending.CANCELLED:

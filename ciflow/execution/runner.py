@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..model.module import Module
-from ..model.outcome import ModuleRecord, Outcome
+from ..model.outcome import HAS_VALUE, ModuleRecord, Outcome
 from ..model.pipeline import Binding
 from .attempt import AttemptResult, Ending, run_attempt
 from .context import Context
@@ -109,11 +109,12 @@ def run_module(
     settings: RunSettings,
     console: Console,
     handle: ModuleRun | None = None,
+    lookup: Callable[[], AttemptResult | None] | None = None,
 ) -> ModuleRecord:
     """Run ``mod`` until it has an outcome; attempts count on from ``first_attempt``.
 
     Returns the record (outcome, attempts, times, error, the result's JSON). Never raises for
-    what the module does.
+    what the module does. ``lookup``: the result cache's hook, for the first attempt.
     """
     handle = handle if handle is not None else ModuleRun()
     record = ModuleRecord(mod.name)
@@ -121,7 +122,8 @@ def run_module(
     while True:
         attempt = _Attempt(number)
         handle._attach(attempt.cancellation)
-        result = _attempt(mod, binding, attempt, inputs, settings, console)
+        hook = lookup if number == first_attempt else None
+        result = _attempt(mod, binding, attempt, inputs, settings, console, hook)
         record.attempts = number
         settled = settle(
             mod, result, number, timed_out=attempt.timed_out, run_cancelled=handle.cancelled
@@ -136,7 +138,7 @@ def run_module(
         if attempt.started is not None:
             record.duration += time.monotonic() - attempt.started
         record.error, record.definition_error = settled.error, settled.definition_error
-        if settled.outcome is Outcome.SUCCEEDED:
+        if settled.outcome in HAS_VALUE:
             record.outcome, record.result, record.error = settled.outcome, result.data, None
             break
         if settled.retry_in is None:
@@ -158,6 +160,7 @@ def _attempt(
     inputs: Mapping[str, Any],
     settings: RunSettings,
     console: Console,
+    lookup: Callable[[], AttemptResult | None] | None,
 ) -> AttemptResult:
     """Run the attempt in a thread; enforce the timeout; abandon it if it will not stop."""
     context: Callable[[], Context] = lambda: Context(  # noqa: E731
@@ -179,6 +182,7 @@ def _attempt(
             attempt.result = run_attempt(
                 mod, binding, number=attempt.number, context=context, inputs=inputs,
                 cancellation=attempt.cancellation, output=console.output, on_start=started,
+                lookup=lookup,
             )  # fmt: skip
         finally:
             attempt.done.set()

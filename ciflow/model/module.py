@@ -29,6 +29,7 @@ __all__ = ["NAME_MAX", "Dependency", "Module", "ParallelLimit", "module", "optio
 #: for a run id of 60 lowercase characters (docs/architecture.md, "Module names").
 NAME_MAX = 64
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Module:
     __slots__ = (
         "fn", "name", "depends_on", "requires", "not_in_parallel", "alone", "parallel_limit",
         "timeout", "retries", "retry_delay", "skip_if", "ignore_failure", "always_run",
-        "category", "tags", "inputs", "outputs", "cache", "affinity", "cost", "is_async",
+        "category", "tags", "inputs", "outputs", "cache", "env", "affinity", "cost", "is_async",
         "constraints",
         "__wrapped__",
     )  # fmt: skip
@@ -106,6 +107,7 @@ class Module:
         inputs: Iterable[str] = (),
         outputs: Iterable[str] = (),
         cache: bool = False,
+        env: Iterable[str] = (),
         affinity: str | None = None,
         cost: float | None = None,
     ) -> None:
@@ -160,9 +162,7 @@ class Module:
                 raise SpecError(
                     f"{where}: output {pattern!r} must be a relative path inside the workspace"
                 )
-        self.cache = bool(cache)
-        if cache and not self.inputs:
-            raise SpecError(f"{where}: cache=True needs inputs=[...] to compute the cache key")
+        self.cache, self.env = _cache_fields(self, cache, env, where)
         if affinity is not None and (not isinstance(affinity, str) or not affinity):
             raise SpecError(f"{where}: affinity must be a non-empty string")
         self.affinity = affinity
@@ -179,6 +179,22 @@ class Module:
 
     def __repr__(self) -> str:
         return f"<ciflow module {self.name!r}>"
+
+
+def _cache_fields(
+    mod: Module, cache: bool, env: Iterable[str], where: _Where
+) -> tuple[bool, tuple[str, ...]]:
+    """Check ``cache=`` and ``env=`` (after ``inputs`` and ``depends_on``)."""
+    if cache and not mod.inputs and not mod.depends_on:
+        raise SpecError(
+            f"{where}: cache=True needs inputs=[...] or depends_on=[...]: the cache key is "
+            'made of what the module reads (docs/architecture.md, "The result cache")'
+        )
+    names = _strings(env, "env", where)
+    for var in names:
+        if not _ENV_NAME.fullmatch(var):
+            raise SpecError(f"{where}: env names environment variables; {var!r} is not one")
+    return bool(cache), names
 
 
 def _source(fn: Callable[..., Any]) -> str:
@@ -335,6 +351,7 @@ def module(
     inputs: Iterable[str] = (),
     outputs: Iterable[str] = (),
     cache: bool = False,
+    env: Iterable[str] = (),
     affinity: str | None = None,
     cost: float | None = None,
 ) -> Callable[[Callable[..., Any]], Module]: ...

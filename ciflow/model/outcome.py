@@ -63,6 +63,12 @@ class ModuleRecord:
     worker: str | None = None
     slot: int | None = None
     definition_error: bool = False  # the failure is a bug in the pipeline file (exit 2)
+    #: for a module with ``cache=True``: "hit", or "miss: <what changed>" (None: not looked up)
+    cache: str | None = None
+    #: seconds a cache hit saved (the duration recorded with the entry)
+    saved: float = 0.0
+    #: content digest of the module's declared outputs after it ran (for dependents' cache keys)
+    outputs_digest: str | None = None
 
     @property
     def state(self) -> str:

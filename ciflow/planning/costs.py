@@ -9,7 +9,7 @@ store's profile (`ciflow.stores.registry`).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -20,9 +20,10 @@ if TYPE_CHECKING:
     from ..model.pipeline import Pipeline
     from .history import History
 
-__all__ = ["DEFAULT_COST", "ModuleCost", "Transfer", "module_costs", "stable"]
+__all__ = ["CACHED_COST", "DEFAULT_COST", "ModuleCost", "Transfer", "module_costs", "stable"]
 
 DEFAULT_COST = 1.0  # seconds, when nothing at all is known
+CACHED_COST = 0.05  # seconds, for a module the result cache is expected to have
 
 
 def stable(value: float) -> float:
@@ -36,7 +37,7 @@ class ModuleCost(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seconds: float
-    source: Literal["history", "hint", "median", "default"]
+    source: Literal["history", "hint", "median", "default", "cached"]
     result_bytes: int
 
 
@@ -76,9 +77,12 @@ class Transfer(BaseModel):
 
 
 def module_costs(
-    pipeline: Pipeline, names: Sequence[str], history: History
+    pipeline: Pipeline, names: Sequence[str], history: History, cached: Collection[str] = ()
 ) -> dict[str, ModuleCost]:
-    """The assumed duration and result size of each named module, and their sources."""
+    """The assumed duration and result size of each named module, and their sources.
+
+    Modules in ``cached`` (expected cache hits) cost `CACHED_COST`: restoring an entry.
+    """
     known: dict[str, tuple[float, Literal["history", "hint"]]] = {}
     for name in names:
         past = history.modules.get(name)
@@ -92,12 +96,14 @@ def module_costs(
     for name in names:
         past = history.modules.get(name)
         size = past.result_bytes if past is not None else 0
-        source: Literal["history", "hint", "median", "default"]
+        source: Literal["history", "hint", "median", "default", "cached"]
         if name in known:
             seconds, source = known[name]
         elif median is not None:
             seconds, source = median, "median"
         else:
             seconds, source = DEFAULT_COST, "default"
+        if name in cached:
+            seconds, source = CACHED_COST, "cached"
         costs[name] = ModuleCost(seconds=stable(seconds), source=source, result_bytes=size)
     return costs

@@ -49,6 +49,12 @@ class History:
             return cls()
         except OSError as exc:
             raise UsageError(f"cannot read history {path}: {exc.strerror or exc}") from None
+        return cls.parse(text, str(path))
+
+    @classmethod
+    def parse(cls, text: str | bytes, where: str) -> History:
+        """A history from its JSON (`to_json`); ``where`` names its source in errors."""
+        path = where
         try:
             data = json.loads(text)
             version = data["schema_version"]

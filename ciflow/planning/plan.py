@@ -113,6 +113,9 @@ class DistributedExecutionPlan(BaseModel):
             + f"; transfer {self.inputs.transfer.store}: {self.inputs.transfer.latency:g}s + "
             f"size / {self.inputs.transfer.bandwidth / 1e6:g} MB/s"
         )
+        hits = [n for n, c in self.inputs.modules.items() if c.source == "cached"]
+        if hits:
+            lines.append(f"  expected cache hits ({len(hits)}): {', '.join(hits)}")
         return "\n".join(lines)
 
     def gantt(self) -> str:

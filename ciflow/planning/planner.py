@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ..errors import RequirementError, UsageError
 from ..model.constraints import Constraints
@@ -50,8 +50,12 @@ def plan_pipeline(
     history: History | None = None,
     transfer: Transfer | None = None,
     affinity_tolerance: float = 0.05,
+    cached: Collection[str] = (),
 ) -> DistributedExecutionPlan:
-    """Compute the plan; raises `RequirementError` for a module no slot can serve."""
+    """Compute the plan; raises `RequirementError` for a module no slot can serve.
+
+    ``cached``: modules the result cache is expected to have (planned at near-zero cost).
+    """
     if not pools:
         raise UsageError(
             "no runner slots: pass --workers N or --pool, or declare "
@@ -62,7 +66,7 @@ def plan_pipeline(
     transfer = transfer if transfer is not None else Transfer.for_store("file")
     names = [n for n in selection.names if n not in selection.skipped]
     slot_pool: list[RunnerPool] = [p for p in pools for _ in range(p.count)]
-    costs = module_costs(pipeline, names, history)
+    costs = module_costs(pipeline, names, history, cached)
     tasks, limits = _tasks(pipeline, names, pools, slot_pool, costs, transfer)
     problem = Problem(
         tasks=tuple(tasks),

@@ -67,6 +67,10 @@ class Provider:
         """The store URL workers use when none is given, or None (then one must be given)."""
         return None
 
+    def default_cache(self, env: Mapping[str, str]) -> str | None:
+        """The result cache's store URL when none is given; None: a folder beside the pipeline."""
+        return None
+
     def jobs_api(self, env: Mapping[str, str]) -> GitHubJobs | None:
         """A client of the CI's own record of which jobs ended (a liveness source), or None."""
         return None

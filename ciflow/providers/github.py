@@ -48,6 +48,10 @@ class GitHubActions(Provider):
         """The run's own artifacts, when the runtime token is there (ciflow's action exports it)."""
         return "github://" if env.get("ACTIONS_RUNTIME_TOKEN") else None
 
+    def default_cache(self, env: Mapping[str, str]) -> str | None:
+        """The repository's Actions cache (scoped by branch, then the default branch)."""
+        return "github-cache://" if env.get("ACTIONS_RUNTIME_TOKEN") else None
+
     def jobs_api(self, env: Mapping[str, str]) -> GitHubJobs | None:
         return GitHubJobs.from_env(env)
 

@@ -12,10 +12,11 @@ maps keys to paths, and raises `StoreError` on such a clash.
 A backend implements `Store.create`, `Store.get`, `Store.list` and `Store.delete`; it may
 override the rest where it can do better: `Store.exists` (default ``key in list(key)``; the file
 store stats one file, ``github://`` answers from a listing at most `Store.poll` old),
-`Store.create_from_file` and `Store.get_to_file` (stream large values), ``Store._wait`` (how
-`Store.wait` waits: wake at once on a new key where the backend can push, as its profile's
-``pushes`` says) and `Store.close`. The scheme registry, which maps URLs to backends and their
-`StoreProfile`, is `ciflow.stores.registry`.
+`Store.newest_key` (default ``max(list(prefix))``; ``github-cache://``, which cannot list, asks
+the service), `Store.create_from_file` and `Store.get_to_file` (stream large values),
+``Store._wait`` (how `Store.wait` waits: wake at once on a new key where the backend can push,
+as its profile's ``pushes`` says) and `Store.close`. The scheme registry, which maps URLs to
+backends and their `StoreProfile`, is `ciflow.stores.registry`.
 """
 
 from __future__ import annotations
@@ -137,6 +138,16 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key`` if present (absent is fine)."""
+
+    def newest_key(self, prefix: str) -> str | None:
+        """The greatest key (in sort order) starting with ``prefix``, or None if there is none.
+
+        Keys that carry a sortable timestamp after the prefix (``parts/<stamp>-<id>``) make
+        this "the newest". The default is ``max(list(prefix))``; a backend that cannot list
+        overrides it (``github-cache://`` asks the service for its most recently created
+        match, which is the same key as long as keys are created in timestamp order).
+        """
+        return max(self.list(prefix), default=None)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` has a value; backends override this with something cheaper.

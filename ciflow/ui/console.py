@@ -145,6 +145,10 @@ class Console:
             text += f": {record.skip_reason}"
         elif record.error:
             text += f": {record.error.splitlines()[0]}"
+        if record.cache == "hit":
+            text += f" (saved {format_duration(record.saved)})"
+        elif record.cache:
+            text += f" (cache {record.cache})"
         if self.grouped:
             with self._lock:
                 group = self._groups.pop(record.name, [])

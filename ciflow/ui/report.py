@@ -41,6 +41,10 @@ class ModuleReport(BaseModel):
     worker: str | None = None
     slot: int | None = None
     result: Any = None
+    #: ``cache=True`` modules: "hit" or "miss: <what changed>"
+    cache: str | None = None
+    #: seconds a cache hit saved
+    saved: float = 0.0
 
 
 class RunReport(BaseModel):
@@ -89,6 +93,8 @@ def build_report(result: RunResult) -> RunReport:
                 worker=rec.worker,
                 slot=rec.slot,
                 result=MASKER.mask_data(json.loads(rec.result)) if rec.result else None,
+                cache=rec.cache,
+                saved=round(rec.saved, 6),
             )
         )
     span = result.span

@@ -46,6 +46,7 @@ def render_summary(result: RunResult, problem: str | None = None) -> str:
     if skipped:
         lines += ["", "Skipped"]
         lines += [f"  {r.name}: {r.skip_reason}" for r in skipped]
+    lines += _cache_lines(records)
     failed = [r for r in records if r.error and (r.outcome is None or r.outcome in _ERRORS)]
     if failed:
         lines += ["", "Errors"]
@@ -66,7 +67,34 @@ def render_summary(result: RunResult, problem: str | None = None) -> str:
               f"{format_duration(span.seconds)}"]  # fmt: skip
     if span.skewed:
         lines.append(_skew_note(span.wall, span.seconds))
+    saved = _saved_line(result.records)
+    if saved:
+        lines.append(saved)
     return MASKER.mask("\n".join(lines))
+
+
+def _cache_lines(records: list[ModuleRecord]) -> list[str]:
+    """The "Cache" section: each looked-up module, hit or miss and why."""
+    looked = [r for r in records if r.cache]
+    if not looked:
+        return []
+    lines = ["", "Cache"]
+    for rec in looked:
+        what = f"hit, saved {format_duration(rec.saved)}" if rec.cache == "hit" else rec.cache
+        lines.append(f"  {rec.name}: {what}")
+    return lines
+
+
+def _saved_line(records: list[ModuleRecord]) -> str | None:
+    looked = [r for r in records if r.cache]
+    if not looked:
+        return None
+    hits = [r for r in looked if r.cache == "hit"]
+    saved = sum(r.saved for r in hits)
+    return (
+        f"cache: {len(hits)} hit(s), {len(looked) - len(hits)} miss(es); "
+        f"hits saved {format_duration(saved)}"
+    )
 
 
 _ERRORS = (Outcome.FAILED, Outcome.TIMED_OUT, Outcome.IGNORED_FAILURE)
@@ -144,7 +172,8 @@ def to_markdown(result: RunResult, footer: str | None = None) -> str:
     ]
     for rec in records:
         outcome = rec.state
-        why = (rec.error or rec.skip_reason or "").splitlines()
+        cache = rec.cache if rec.cache and rec.cache != "hit" else ""
+        why = (rec.error or rec.skip_reason or cache).splitlines()
         cell = why[0].replace("|", "\\|") if why else ""
         duration = format_duration(rec.duration) if rec.start is not None else "-"
         slot = "-" if rec.slot is None else str(rec.slot)

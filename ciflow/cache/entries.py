@@ -1,0 +1,141 @@
+"""Cache entries in a store: the layout, writing one entry, reading one back.
+
+Keys, under the cache store (docs/architecture.md, "The result cache"), for module ``M`` and
+key ``K`` (64 hex digits):
+
+- ``cache/1/M/outputs/K-<sha16>``: the declared outputs, a ``.tar.zst`` archive (as in runs)
+- ``cache/1/M/data/K``: the result record (the checksummed format of `distributed.blob`),
+  naming the archive, the outputs' content digest and the duration the entry saves
+- ``cache/1/M/parts/<stamp>-K``: the key's parts (JSON), to explain the next miss
+- ``cache/1/M/keys/K=<result>.<outputs>``: written last; the planner's cheap lookup
+
+Every key is created once (create-if-absent): of two writers of one entry the first wins and
+both runs go on. An entry that cannot be read is a miss, never a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..distributed.blob import OutputRef, ResultHeader, decode_result, encode_result
+from ..stores.base import Store
+from .digest import SHORT, digest_bytes
+from .key import KeyParts, Product
+
+__all__ = ["Entry", "EntryStore", "PREFIX"]
+
+PREFIX = "cache/1"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored entry: the result's JSON and what its dependents' keys use."""
+
+    module: str
+    key: str
+    data: bytes
+    duration: float
+    outputs_digest: str
+    outputs: tuple[OutputRef, ...]
+
+    @property
+    def product(self) -> Product:
+        return (digest_bytes(self.data), self.outputs_digest)
+
+
+def stamp() -> str:
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
+
+
+class EntryStore:
+    """Reads and writes cache entries in ``store`` (any backend)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _base(self, module: str) -> str:
+        return f"{PREFIX}/{module}"
+
+    def read(self, module: str, key: str) -> Entry | None:
+        """The entry under ``key``, None if there is none; `BlobError` if it is corrupted."""
+        at = f"{self._base(module)}/data/{key}"
+        raw = self.store.get(at)
+        if raw is None:
+            return None
+        header, payload = decode_result(raw, key=at)
+        if header.module != module:
+            raise ValueError(f"cache entry {at} belongs to module {header.module!r}")
+        prefix = f"{self._base(module)}/outputs/{key}-"
+        if any(not ref.key.startswith(prefix) for ref in header.outputs):
+            raise ValueError(f"cache entry {at} names outputs outside its own entry")
+        return Entry(
+            module, key, payload, header.duration, header.outputs_digest or "-",
+            tuple(header.outputs),
+        )  # fmt: skip
+
+    def fetch_outputs(self, entry: Entry, ref: OutputRef, dest: Path) -> bool:
+        """Download one outputs archive of ``entry`` into ``dest``; False if it is gone."""
+        return self.store.get_to_file(ref.key, dest)
+
+    def last_parts(self, module: str) -> KeyParts | None:
+        """The parts of the newest entry stored for ``module`` (None: none, or unreadable)."""
+        found = self.store.newest_key(f"{self._base(module)}/parts/")
+        if found is None:
+            return None
+        raw = self.store.get(found)
+        try:
+            return None if raw is None else KeyParts.from_json(raw)
+        except ValueError:
+            return None
+
+    def write(
+        self,
+        parts: KeyParts,
+        data: bytes,
+        duration: float,
+        archive: Path | None,
+        outputs_digest: str,
+    ) -> bool:
+        """Store one entry (outputs, data, parts, marker); False if another writer was first."""
+        module, key = parts.module, parts.key()
+        base = self._base(module)
+        refs: list[OutputRef] = []
+        if archive is not None:
+            import hashlib
+
+            with open(archive, "rb") as fh:
+                sha = hashlib.file_digest(fh, "sha256").hexdigest()
+            ref_key = f"{base}/outputs/{key}-{sha[:16]}"
+            self.store.create_from_file(ref_key, archive)
+            size = archive.stat().st_size
+            refs.append(OutputRef(key=ref_key, sha256=sha, size=size))
+        now = time.time()
+        header = ResultHeader(
+            module=module, attempt=1, worker=socket.gethostname() or "ciflow", outcome="succeeded",
+            started=now - duration, finished=now, duration=duration, outputs=refs,
+            outputs_digest=outputs_digest,
+        )  # fmt: skip
+        if not self.store.create(f"{base}/data/{key}", encode_result(header, data)):
+            return False
+        self.store.create(f"{base}/parts/{stamp()}-{key}", parts.to_json().encode())
+        marker = f"{base}/keys/{key}={digest_bytes(data)}.{outputs_digest[:SHORT]}"
+        info = {"created": now, "duration": duration, "bytes": len(data)}
+        self.store.create(marker, json.dumps(info).encode())
+        return True
+
+    def marker(self, module: str, key: str) -> Product | None:
+        """The product recorded with a complete entry under ``key``, without downloading it."""
+        found = self.store.newest_key(f"{self._base(module)}/keys/{key}=")
+        if found is None:
+            return None
+        result, _, outputs = found.rpartition("=")[2].partition(".")
+        return (result, outputs)
+
+    def temp_archive(self) -> tempfile.TemporaryDirectory[str]:
+        return tempfile.TemporaryDirectory(prefix="ciflow-cache-")
