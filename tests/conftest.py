@@ -16,7 +16,8 @@ PIPELINES = Path(__file__).parent / "pipelines"
 
 @pytest.fixture(autouse=True)
 def _clean_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts with no registered modules, no secrets and a private history file."""
+    """Each test starts with no registered modules, no secrets, a private history file and a
+    private result cache (never a folder beside a pipeline of tests/pipelines)."""
     for name in list(os.environ):  # a test suite run inside CI must not write to the CI's files
         if name.startswith(("CIFLOW_", "ACTIONS_", "GITHUB_")) or name in (
             "GITLAB_CI",
@@ -25,6 +26,7 @@ def _clean_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
         ):
             monkeypatch.delenv(name)
     monkeypatch.setenv("CIFLOW_HISTORY", str(tmp_path / "history.json"))
+    monkeypatch.setenv("CIFLOW_CACHE", str(tmp_path / "result-cache"))
     reset_registry()
     MASKER.clear()
     yield

@@ -129,6 +129,14 @@ class EntryStore:
         self.store.create(marker, json.dumps(info).encode())
         return True
 
+    def drop(self, module: str, key: str) -> None:
+        """Delete an entry that cannot be used (its marker first), so it can be written again."""
+        base = self._base(module)
+        marker = self.store.newest_key(f"{base}/keys/{key}=")
+        if marker is not None:
+            self.store.delete(marker)
+        self.store.delete(f"{base}/data/{key}")
+
     def marker(self, module: str, key: str) -> Product | None:
         """The product recorded with a complete entry under ``key``, without downloading it."""
         found = self.store.newest_key(f"{self._base(module)}/keys/{key}=")

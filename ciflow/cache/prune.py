@@ -93,9 +93,9 @@ def _key_of(kind: str, name: str) -> str:
 def prune_folder(url: str, *, max_bytes: int | None, max_age: float | None) -> str:
     """Delete entries unused for ``max_age`` s, then the oldest until ``max_bytes`` remain."""
     from ..stores.file import FileStore
-    from ..stores.registry import normalize_url, open_store
+    from ..stores.registry import backend_for, normalize_url, open_store
 
-    store = open_store(normalize_url(url))
+    store = open_store(normalize_url(url)) if backend_for(url).scheme == "file" else None
     if not isinstance(store, FileStore):
         raise UsageError(
             f"cache prune works on folder caches, not {url}; GitHub evicts Actions cache "

@@ -38,6 +38,8 @@ class Probe:
     parts: KeyParts
     entry: Entry | None = None
     miss: str | None = None
+    #: the entry under this key could not be used: the next store replaces it
+    broken: bool = False
 
     @property
     def verdict(self) -> str:
@@ -116,7 +118,7 @@ class ModuleCache:
             touch(self.entries.store, f"{PREFIX}/{name}/data/{key}")
         except (StoreError, ValueError, OSError, CiflowError) as exc:
             self.warn(f"cache: the entry of {name} cannot be used ({exc}); running it")
-            probe.miss = "its entry cannot be used"
+            probe.miss, probe.broken = "its entry cannot be used", True
             return
         probe.entry = entry
 
@@ -144,6 +146,7 @@ class ModuleCache:
             except ResultTypeError as exc:
                 self.warn(f"cache: the entry of {name} no longer fits its annotation ({exc})")
                 probe.entry, probe.miss = None, "its entry no longer fits the annotation"
+                probe.broken = True
                 return None
             return AttemptResult(Ending.CACHED, value, probe.entry.data)
 
@@ -197,6 +200,8 @@ class ModuleCache:
                     from ..distributed.archive import pack_outputs
 
                     archive = pack_outputs(self.workdir, mod.outputs, Path(tmp) / "o.tar.zst").path
+                if probe.broken:
+                    self.entries.drop(name, probe.parts.key())
                 self.entries.write(probe.parts, payload, duration, archive, digest)
         except (CiflowError, OSError) as exc:
             self.warn(f"cache: cannot store the entry of {name} ({exc}); the run goes on")
