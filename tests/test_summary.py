@@ -131,3 +131,23 @@ def test_skewed_worker_clocks_do_not_inflate_the_run_span() -> None:
     assert "48h00m" in text.splitlines()[-1] and "clocks disagree" in text.splitlines()[-1]
     md = to_markdown(result)
     assert "```mermaid" not in md and "clocks disagree" in md
+
+
+def test_cache_verdicts_and_the_time_saved_are_in_the_text_and_the_markdown() -> None:
+    from ciflow.model.outcome import ModuleRecord, Outcome, RunResult
+    from ciflow.ui.summary import render_summary, to_markdown
+
+    records = [
+        ModuleRecord("build", Outcome.CACHED, 1, 1.0, 1.1, 0.1, cache="hit", saved=42.0),
+        ModuleRecord(
+            "test", Outcome.SUCCEEDED, 1, 1.1, 3.0, 1.9, cache="miss: input src/b.txt changed"
+        ),  # fmt: skip
+        ModuleRecord("report", Outcome.SUCCEEDED, 1, 3.0, 3.1, 0.1),
+    ]
+    result = RunResult("r", records, 1.0, 3.1)
+    text = render_summary(result)
+    assert "\nCache\n  build: hit, saved 42.0s\n  test: miss: input src/b.txt changed\n" in text
+    assert text.rstrip().endswith("cache: 1 hit(s), 1 miss(es); hits saved 42.0s")
+    markdown = to_markdown(result)
+    assert "| test | succeeded | 1.90s | - | miss: input src/b.txt changed |" in markdown
+    assert "cache: 1 hit(s), 1 miss(es); hits saved 42.0s" in markdown

@@ -189,6 +189,9 @@ def to_markdown(result: RunResult, footer: str | None = None) -> str:
             start = (rec.start or origin) - origin
             sections.setdefault(label, []).append((rec.name, start, (rec.end or origin) - origin))
         lines += ["", "```mermaid", to_gantt("what ran where", list(sections.items())), "```"]
+    saved = _saved_line(result.records)
+    if saved:
+        lines += ["", saved]
     if footer:
         lines += ["", footer]
     return MASKER.mask("\n".join(lines)) + "\n"
