@@ -495,8 +495,11 @@ def test_single_put_and_signatures(emu: GitHubEmulator) -> None:
 
 
 # -- cache service -------------------------------------------------------------------------------
-def _save(emu: GitHubEmulator, key: str, version: str, data: bytes) -> None:
-    resp = _rpc(emu, "CreateCacheEntry", {"key": key, "version": version}, service=CACHE_SERVICE)
+def _save(
+    emu: GitHubEmulator, key: str, version: str, data: bytes, token: str | None = None
+) -> None:
+    body = {"key": key, "version": version}
+    resp = _rpc(emu, "CreateCacheEntry", body, service=CACHE_SERVICE, token=token)
     assert resp.status_code == 200, resp.text
     requests.put(
         resp.json()["signed_upload_url"],
@@ -509,6 +512,7 @@ def _save(emu: GitHubEmulator, key: str, version: str, data: bytes) -> None:
         "FinalizeCacheEntryUpload",
         {"key": key, "version": version, "size_bytes": str(len(data))},
         service=CACHE_SERVICE,
+        token=token,
     )
     assert resp.json()["ok"] is True and int(resp.json()["entry_id"]) > 0
 
@@ -554,6 +558,113 @@ def test_cache_immutability_and_restore_key_order(emu: GitHubEmulator) -> None:
     }
     hit = lookup("deps-", [], version="v2")
     assert requests.get(hit["signed_download_url"], timeout=10).content == b"other version"
+
+
+def _claims(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    return claims
+
+
+def test_tokens_carry_the_jobs_cache_scopes(emu: GitHubEmulator) -> None:
+    def access(**refs: str) -> list[dict[str, Any]]:
+        scopes: list[dict[str, Any]] = json.loads(_claims(emu.token(RUN, "j", **refs))["ac"])
+        return scopes
+
+    main, feature = {"Scope": "refs/heads/main", "Permission": 3}, "refs/heads/feature"
+    assert access() == access(ref="main") == [main]
+    assert access(ref="feature") == [{"Scope": feature, "Permission": 3}, {**main, "Permission": 1}]
+    assert access(ref="refs/pull/7/merge", base_ref="feature") == [
+        {"Scope": "refs/pull/7/merge", "Permission": 3},
+        {"Scope": feature, "Permission": 1},
+        {**main, "Permission": 1},
+    ]
+    env = emu.env(RUN, "j", ref="refs/pull/7/merge", base_ref="feature")
+    assert (env["GITHUB_REF"], env["GITHUB_REF_NAME"], env["GITHUB_BASE_REF"]) == (
+        "refs/pull/7/merge", "7/merge", "feature",
+    )  # fmt: skip
+    assert "GITHUB_REF" not in emu.env(RUN, "j")  # the default job names no ref, as before
+    with GitHubEmulator(default_branch="trunk") as other:
+        assert json.loads(_claims(other.token(RUN, "j", ref="x"))["ac"])[1] == {
+            "Scope": "refs/heads/trunk", "Permission": 1,
+        }  # fmt: skip
+    with pytest.raises(ValueError):
+        emu.token(RUN, "j", ref="bad ref")
+
+
+def _lookup(emu: GitHubEmulator, token: str, key: str, restore: list[str]) -> dict[str, Any]:
+    body = {"key": key, "restore_keys": restore, "version": "v1"}
+    resp = _rpc(emu, "GetCacheEntryDownloadURL", body, service=CACHE_SERVICE, token=token)
+    assert resp.status_code == 200, resp.text
+    result: dict[str, Any] = resp.json()
+    return result
+
+
+def test_cache_lookups_search_the_own_branch_then_the_default(emu: GitHubEmulator) -> None:
+    main, feature = emu.token(RUN, "m"), emu.token(RUN, "f", ref="feature")
+    pull = emu.token(RUN, "p", ref="refs/pull/3/merge", base_ref="feature")
+    _save(emu, "deps-feature-old", "v1", b"f", token=feature)
+    _save(emu, "deps-main-new", "v1", b"m", token=main)
+    _save(emu, "only-main", "v1", b"m", token=main)
+    _save(emu, "only-feature", "v1", b"f", token=feature)
+    _save(emu, "same", "v1", b"m", token=main)
+    _save(emu, "same", "v1", b"f", token=feature)  # the same key on another branch
+
+    def matched(token: str, key: str, *restore: str) -> str:
+        return str(_lookup(emu, token, key, list(restore))["matched_key"])
+
+    assert matched(feature, "x", "deps-") == "deps-feature-old"  # own branch first, though older
+    assert matched(main, "x", "deps-") == "deps-main-new"
+    assert matched(feature, "only-main") == "only-main"  # then the default branch
+    assert matched(main, "only-feature") == ""  # the default branch sees no feature entries
+    assert matched(pull, "only-feature") == "only-feature"  # a pull request reads its base
+    assert matched(pull, "x", "nope-", "only-") == "only-feature"  # base before default
+    for token, data in ((main, b"m"), (feature, b"f"), (pull, b"f")):
+        url = _lookup(emu, token, "same", [])["signed_download_url"]
+        assert requests.get(url, timeout=10).content == data  # the first scope that has it
+    again = {"key": "only-main", "version": "v1"}  # a main key is free on the feature branch
+    assert _rpc(emu, "CreateCacheEntry", again, service=CACHE_SERVICE, token=feature).json()["ok"]
+
+
+def test_prefix_lookups_return_the_newest_exact_first(emu: GitHubEmulator) -> None:
+    token = emu.token(RUN, "j")
+    for key in ("h-1", "h-3", "h-2", "h"):
+        _save(emu, key, "v1", key.encode(), token=token)
+    assert _lookup(emu, token, "none", ["h-"])["matched_key"] == "h-2"  # created last
+    assert _lookup(emu, token, "none", ["h"])["matched_key"] == "h"  # an exact match first
+    assert _lookup(emu, token, "h-", [])["matched_key"] == "h-2"  # the key prefix-matches too
+
+
+def test_require_restore_keys(emu: GitHubEmulator, tmp_path: Path) -> None:
+    token = emu.token(RUN, "j")
+    _save(emu, "k-1", "v1", b"v", token=token)
+    assert _lookup(emu, token, "k-1", [])["matched_key"] == "k-1"  # off by default
+    emu.require_restore_keys = True
+    assert _lookup(emu, token, "k-1", [])["ok"] is False  # even an exact key misses
+    assert _lookup(emu, token, "k-1", ["k-1"])["matched_key"] == "k-1"
+    (tmp_path / "a" / "d").mkdir(parents=True)
+    (tmp_path / "a" / "d" / "f").write_text("x")
+    env = emu.env(RUN, "job-a")
+    save = [{"op": "save", "key": "t-1", "paths": ["d"]}]
+    assert _values(_node("cache.mjs", save, env, tmp_path / "a"))[0] > 0
+    steps = [
+        {"op": "restore", "key": "t-1", "paths": ["d"]},  # the official client sends none
+        {"op": "restore", "key": "t-1", "restoreKeys": ["t-1"], "paths": ["d"]},
+    ]
+    assert _values(_node("cache.mjs", steps, env, tmp_path / "b")) == [None, "t-1"]
+
+
+def test_official_cache_client_across_branches(emu: GitHubEmulator, tmp_path: Path) -> None:
+    (tmp_path / "src" / "d").mkdir(parents=True)
+    (tmp_path / "src" / "d" / "f").write_text("feature")
+    save = [{"op": "save", "key": "b-1", "paths": ["d"]}]
+    assert _values(_node("cache.mjs", save, emu.env(RUN, "f", ref="feature"), tmp_path / "src"))
+    restore = [{"op": "restore", "key": "b-1", "paths": ["d"]}]
+    got = {
+        ref: _values(_node("cache.mjs", restore, emu.env(RUN, ref, ref=ref), tmp_path / ref))[0]
+        for ref in ("feature", "main", "other")
+    }
+    assert got == {"feature": "b-1", "main": None, "other": None}
+    assert (tmp_path / "feature" / "d" / "f").read_text() == "feature"
 
 
 # -- faults --------------------------------------------------------------------------------------
@@ -685,3 +796,46 @@ def test_cli_stopped_by_sigterm_or_sighup_removes_its_folder(sig: int, tmp_path:
     proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("ciflow-emulator-")]
+
+
+def test_cli_branch_options(tmp_path: Path) -> None:
+    args = ["--ref", "feature", "--default-branch", "trunk", "--require-restore-keys"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ciflow.testing.emulator", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        env: dict[str, str] = {}
+        while "GITHUB_JOB" not in env:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            env[name] = value.strip("'")
+        assert (env["GITHUB_REF"], env["GITHUB_REF_NAME"]) == ("refs/heads/feature", "feature")
+        assert json.loads(_claims(env["ACTIONS_RUNTIME_TOKEN"])["ac"]) == [
+            {"Scope": "refs/heads/feature", "Permission": 3},
+            {"Scope": "refs/heads/trunk", "Permission": 1},
+        ]
+        base = f"{env['ACTIONS_RESULTS_URL']}twirp/{CACHE_SERVICE}/"
+        headers = {"Authorization": f"Bearer {env['ACTIONS_RUNTIME_TOKEN']}"}
+
+        def call(method: str, **body: Any) -> dict[str, Any]:
+            resp = requests.post(base + method, json=body, headers=headers, timeout=10)
+            assert resp.status_code == 200, resp.text
+            answer: dict[str, Any] = resp.json()
+            return answer
+
+        upload = call("CreateCacheEntry", key="k", version="v")["signed_upload_url"]
+        put = {"x-ms-blob-type": "BlockBlob"}
+        requests.put(upload, data=b"x", headers=put, timeout=10).raise_for_status()
+        assert call("FinalizeCacheEntryUpload", key="k", version="v", size_bytes="1")["ok"]
+        assert (
+            call("GetCacheEntryDownloadURL", key="k", restore_keys=[], version="v")["ok"] is False
+        )
+        hit = call("GetCacheEntryDownloadURL", key="k", restore_keys=["k"], version="v")
+        assert hit["matched_key"] == "k"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +19,17 @@ import pytest
 from store_contract import INVALID_KEYS, file_sha256, write_blob
 
 import ciflow.testing.emulator.http as emulator_module
+from ciflow.distributed.archive import pack_outputs
+from ciflow.distributed.restore import unpack_outputs
 from ciflow.errors import UsageError
 from ciflow.stores import StoreError, StoreUnavailable, open_store
-from ciflow.stores.github.cache import CACHE_VERSION, KEY_MAX, GitHubCacheStore
+from ciflow.stores.github.cache import (
+    CACHE_VERSION,
+    KEY_MAX,
+    TOOLKIT_COMPRESSION,
+    GitHubCacheStore,
+    toolkit_version,
+)
 from ciflow.testing.emulator import CACHE_SERVICE, Faults, GitHubEmulator
 from ciflow.testing.emulator import TwirpError as EmuTwirpError
 
@@ -48,8 +60,11 @@ class Opened:
         self.ns = f"t{next(_ids)}"
         self.stores: list[GitHubCacheStore] = []
 
-    def __call__(self, run: str = "run", job: str = "job", **kw: Any) -> GitHubCacheStore:
-        store = GitHubCacheStore(f"github-cache://{self.ns}", env=self.emu.env(run, job), **kw)
+    def __call__(
+        self, run: str = "run", job: str = "job", *, ref: str | None = None, **kw: Any
+    ) -> GitHubCacheStore:
+        env = self.emu.env(run, job, ref=ref, base_ref=kw.pop("base_ref", None))
+        store = GitHubCacheStore(f"github-cache://{self.ns}", env=env, **kw)
         self.stores.append(store)
         return store
 
@@ -318,3 +333,210 @@ def test_exists_asks_for_the_download_url_only(emu: GitHubEmulator, open_cache: 
     assert store.exists("k") is True and store.exists("absent") is False
     assert {**emu.calls, **emu.blob_calls} == {"GetCacheEntryDownloadURL": 2}
     assert store.stats.counts["exists"] == 2
+
+
+# -- newest_key, restore keys, scopes ------------------------------------------------------------
+def _lookup(store: GitHubCacheStore, key: str, restore: list[str]) -> dict[str, Any]:
+    body = {"key": key, "restore_keys": restore, "version": CACHE_VERSION}
+    resp, _ = store.twirp.rpc("GetCacheEntryDownloadURL", body)
+    return resp
+
+
+def test_newest_key_asks_the_service_without_listing(
+    emu: GitHubEmulator, open_cache: Opened
+) -> None:
+    store = open_cache()
+    for key in ("parts/20250101-a", "parts/20250102-b", "keys/k1=r.o", "parts/20250103-c"):
+        assert store.create(key, b"v")
+    emu.reset_calls()
+    assert store.newest_key("parts/") == "parts/20250103-c"
+    assert emu.calls == {"GetCacheEntryDownloadURL": 1} and emu.blob_calls == {}
+    assert store.newest_key("parts/20250102") == "parts/20250102-b"
+    assert store.newest_key("keys/k1=") == "keys/k1=r.o"
+    assert store.newest_key("keys/k2=") is None and store.newest_key("nothing/") is None
+    assert store.newest_key("") == "parts/20250103-c"  # the whole namespace
+    assert store.stats.counts["newest_key"] == 6
+    other_ns = GitHubCacheStore("github-cache://elsewhere", env=emu.env("run", "job"))
+    try:
+        assert other_ns.newest_key("parts/") is None  # namespaces do not see each other
+    finally:
+        other_ns.close()
+    with pytest.raises(UsageError, match="invalid key prefix"):
+        store.newest_key("parts,x")
+
+
+def test_newest_key_is_the_last_created_not_the_greatest(open_cache: Opened) -> None:
+    store = open_cache()
+    assert store.create("h/b", b"1") and store.create("h/a", b"2")
+    assert store.newest_key("h/") == "h/a"  # documented: the service orders by creation time
+
+
+def test_newest_key_ignores_a_foreign_match(open_cache: Opened) -> None:
+    store = open_cache()
+    assert store.create("h/1", b"v")
+    foreign = f"{store.prefix}h/2-no-tilde"  # our version, but no key of ours
+    resp, _ = store.twirp.rpc("CreateCacheEntry", {"key": foreign, "version": CACHE_VERSION})
+    store.blobs.put(resp["signed_upload_url"], b"x", {"x-ms-blob-type": "BlockBlob"}, "put")
+    store.twirp.rpc(
+        "FinalizeCacheEntryUpload", {"key": foreign, "version": CACHE_VERSION, "size_bytes": "1"}
+    )
+    assert store.newest_key("h/") is None  # the service's newest match is not a store key
+
+
+def test_default_newest_key_is_the_greatest_listed_key() -> None:
+    with open_store("memory://newest-key") as store:
+        assert store.newest_key("h/") is None
+        for key in ("h/2", "h/1", "other/9"):
+            store.create(key, b"v")
+        assert store.newest_key("h/") == "h/2" and store.newest_key("") == "other/9"
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_exact_lookups_send_the_key_as_restore_key(
+    emu: GitHubEmulator, open_cache: Opened, monkeypatch: pytest.MonkeyPatch, required: bool
+) -> None:
+    monkeypatch.setattr(emu, "require_restore_keys", required)
+    store = open_cache()
+    assert store.create("k", b"v") and store.create("h/1", b"v")
+    key = store.cache_key("k")
+    # a lookup without restore keys: a hit, unless the service wants them
+    assert _lookup(store, key, [])["ok"] is (not required)
+    assert _lookup(store, key, [key])["matched_key"] == key
+    assert store.get("k") == b"v" and store.exists("k") and store.newest_key("h/") == "h/1"
+    assert store.get("absent") is None and not store.exists("absent")
+
+
+def test_entries_are_scoped_by_branch(emu: GitHubEmulator, open_cache: Opened) -> None:
+    main, feature = open_cache(job="m"), open_cache(job="f", ref="feature")
+    other = open_cache(job="o", ref="refs/heads/other")
+    assert main.create("shared", b"main") and feature.create("mine", b"feature")
+    assert feature.get("shared") == b"main"  # a branch reads the default branch's entries
+    assert main.get("mine") is None and other.get("mine") is None  # not the reverse
+    assert feature.create("shared", b"shadow") is True  # create-once holds per branch
+    assert feature.get("shared") == b"shadow" and main.get("shared") == b"main"
+    assert feature.create("shared", b"again") is False
+    assert main.create("h/1", b"v") and feature.create("h/0", b"v") and main.create("h/2", b"v")
+    assert feature.newest_key("h/") == "h/0"  # its own branch first, though main's is newer
+    assert main.newest_key("h/") == "h/2" and other.newest_key("h/") == "h/2"
+    pull = open_cache(job="p", ref="refs/pull/7/merge", base_ref="feature")
+    assert pull.get("mine") == b"feature" and pull.newest_key("h/") == "h/0"  # base, then main
+    assert pull.create("mine", b"pr") and feature.get("mine") == b"feature"
+
+
+# -- archives for the official toolkit ----------------------------------------------------------
+JS = Path(__file__).parent / "js"
+
+
+def _node(script: str, steps: list[Any], env: dict[str, str], cwd: Path) -> list[Any]:
+    """Run a tests/js script in the workspace ``cwd`` with a job's env; return its values."""
+    node = shutil.which("node")
+    if node is None or not (JS / "node_modules").is_dir():
+        pytest.fail("needs node 20+ and `npm ci --prefix tests/js`")
+    cwd.mkdir(parents=True, exist_ok=True)
+    full = {**os.environ, **env, "GITHUB_WORKSPACE": str(cwd), "RUNNER_TEMP": str(cwd / "_t")}
+    proc = subprocess.run(
+        [node, str(JS / script), json.dumps(steps)],
+        cwd=cwd, env=full, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results: list[dict[str, Any]] = json.loads(lines[-1][len("RESULT ") :])
+    assert all(r["ok"] for r in results), results
+    return [r["value"] for r in results]
+
+
+def _tree(root: Path) -> dict[str, Any]:
+    """Every entry under ``root``: file bytes and mode, link targets, empty folders."""
+    out: dict[str, Any] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[rel] = ("link", os.readlink(path))
+        elif path.is_file():
+            out[rel] = ("file", path.read_bytes(), path.stat().st_mode & 0o777)
+        elif not any(path.iterdir()):
+            out[rel] = ("empty dir",)
+    return out
+
+
+def _workspace(root: Path) -> Path:
+    (root / "out" / "sub").mkdir(parents=True)
+    (root / "out" / "empty").mkdir()
+    (root / "out" / "a.txt").write_text("hello\n")
+    (root / "out" / "sub" / "blob.bin").write_bytes(os.urandom(300_000))
+    (root / "out" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "out" / "run.sh").chmod(0o755)
+    os.symlink("a.txt", root / "out" / "link")
+    (root / "not-an-output.txt").write_text("stays home")
+    return root
+
+
+def test_toolkit_version_is_what_the_official_client_computes(tmp_path: Path) -> None:
+    steps = [{"paths": ["out"]}, {"paths": ["dist/*.whl", "~/.cache/pip"]}]
+    got = _node("version.mjs", steps, {}, tmp_path)
+    assert [g["compression"] for g in got] == [TOOLKIT_COMPRESSION] * 2  # zstd is installed
+    assert [g["version"] for g in got] == [toolkit_version(s["paths"]) for s in steps]
+    assert toolkit_version(["out"]) == hashlib.sha256(b"out|zstd-without-long|1.0").hexdigest()
+    assert toolkit_version(["out"], windows_only=True) == (
+        hashlib.sha256(b"out|zstd-without-long|windows-only|1.0").hexdigest()
+    )
+    for bad in ("out", [], [""]):
+        with pytest.raises(UsageError, match="toolkit cache paths"):
+            toolkit_version(bad)  # type: ignore[arg-type]
+
+
+def test_official_client_restores_an_archive_ciflow_stored(
+    emu: GitHubEmulator, open_cache: Opened, tmp_path: Path
+) -> None:
+    ws = _workspace(tmp_path / "ws")
+    info = pack_outputs(ws, ["out"], tmp_path / "out.tar.zst")
+    store = open_cache()
+    assert store.create_archive("outputs/build-1", info.path, ["out"]) is True
+    assert store.create_archive("outputs/build-1", info.path, ["out"]) is False
+    assert store.get("outputs/build-1") is None  # a raw value is another entry
+    key = store.cache_key("outputs/build-1")
+    env = emu.env("run-2", "restore")
+    one = [{"op": "restore", "key": key, "paths": ["out"]}]
+    exact = _node("cache.mjs", one, env, tmp_path / "a")
+    steps = [
+        {"op": "restore", "key": f"{store.prefix}outputs/build-2~",
+         "restoreKeys": [f"{store.prefix}outputs/"], "paths": ["out"]},
+        {"op": "restore", "key": key, "paths": ["other"]},  # another version: a miss
+    ]  # fmt: skip
+    prefix, miss = _node("cache.mjs", steps, env, tmp_path / "b")
+    assert exact == [key] and prefix == key and miss is None
+    for restored in (tmp_path / "a", tmp_path / "b"):
+        assert _tree(restored / "out") == _tree(ws / "out") != {}
+        assert sorted(p.name for p in restored.iterdir()) == ["_t", "out"]
+
+
+def test_ciflow_reads_an_archive_the_official_client_saved(
+    emu: GitHubEmulator, open_cache: Opened, tmp_path: Path
+) -> None:
+    ws = _workspace(tmp_path / "ws")
+    store = open_cache()
+    key = store.cache_key("outputs/node")
+    save = [{"op": "save", "key": key, "paths": ["out"]}]
+    saved = _node("cache.mjs", save, emu.env("r", "j"), ws)
+    assert saved[0] > 0
+    dst = tmp_path / "dl" / "node.tar.zst"
+    assert store.get_archive_to_file("outputs/node", dst, ["other"]) is False
+    assert not dst.exists() and store.get("outputs/node") is None
+    assert store.get_archive_to_file("outputs/node", dst, ["out"]) is True
+    assert store.stats.counts["get_archive_to_file"] == 2
+    fresh = tmp_path / "fresh"
+    unpack_outputs(dst, fresh, expected_sha256=None, allowed=["out"])
+    assert _tree(fresh) == {k: v for k, v in _tree(ws).items() if k.startswith("out/")}
+
+
+def test_create_archive_wants_a_zstd_file(open_cache: Opened, tmp_path: Path) -> None:
+    store = open_cache()
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(b"not zstd")
+    with pytest.raises(UsageError, match="not zstd-compressed"):
+        store.create_archive("k", plain, ["out"])
+    with pytest.raises(StoreError, match="cannot store"):
+        store.create_archive("k", tmp_path / "missing", ["out"])
+    with pytest.raises(UsageError, match="toolkit cache paths"):
+        store.create_archive("k", plain, "out")
+    assert store.get_archive_to_file("k", tmp_path / "x", ["out"]) is False

@@ -10,9 +10,13 @@ answers are snake_case with int64 as strings (protojson, as github.com answers);
 ``{"code", "msg"}`` with Twirp's HTTP status. Artifact names are unique per workflow run from
 CreateArtifact on (an unfinalized artifact reserves its name: 409 ``already_exists``); only
 finalized artifacts are listed. A second CreateCacheEntry for a key+version that is reserved or
-saved gets 409 ``already_exists``; the cache is one namespace per emulator (one repository). Blob
-bytes live under ``data_dir`` (else in a temporary folder that ``stop()`` removes together with all
-state); metadata lives in memory.
+saved in the same scope gets 409 ``already_exists``. The cache is one repository, its entries
+scoped by ref as on GitHub: the runtime token's ``ac`` claim (``[{"Scope": "refs/heads/<b>",
+"Permission": 3}, ...]``, read 1 | write 2) lists the job's own ref (read/write) and, read-only,
+a pull request's base branch and the default branch (``default_branch``, ``main``); writes go
+to the first writable scope, lookups search the readable ones in that order. Blob bytes live
+under ``data_dir`` (else in a temporary folder that ``stop()`` removes together with all state);
+metadata lives in memory.
 
 It also serves the REST jobs API of its runs (``GET /repos/{owner}/{repo}/actions/runs/{run}
 [/attempts/{n}]/jobs`` with the run's ``GITHUB_TOKEN``, paginated): a job is ``in_progress``
@@ -22,6 +26,7 @@ tests call when a worker process ends, as GitHub does when a job's runner finish
 
 from __future__ import annotations
 
+from .cli import main
 from .model import (
     ARTIFACT_LIMIT_PER_JOB,
     ARTIFACT_SERVICE,
@@ -32,7 +37,7 @@ from .model import (
     Faults,
     TwirpError,
 )
-from .service import GitHubEmulator, main
+from .service import GitHubEmulator
 
 __all__ = [
     "ARTIFACT_LIMIT_PER_JOB", "ARTIFACT_SERVICE", "CACHE_SERVICE", "FAULT_KINDS", "REPOSITORY",

@@ -1,5 +1,5 @@
-"""``python -m ciflow.testing.emulator``: serve the emulator (see `service.main`)."""
+"""``python -m ciflow.testing.emulator``: serve the emulator (see `cli.main`)."""
 
-from .service import main
+from .cli import main
 
 raise SystemExit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import json
 import re
 import secrets
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ARTIFACT_SERVICE = "github.actions.results.api.v1.ArtifactService"
 CACHE_SERVICE = "github.actions.results.api.v1.CacheService"
@@ -23,6 +24,8 @@ ARTIFACT_LIMIT_PER_JOB = 500
 #: the repository every emulated run belongs to (``GITHUB_REPOSITORY``)
 REPOSITORY = "emulated/repository"
 INVALID_NAME_CHARS = '":<>|*?\\/\r\n'
+#: the bits of a cache scope's ``Permission`` in the runtime token's ``ac`` claim (as GitHub's)
+SCOPE_READ, SCOPE_WRITE = 1, 2
 STORAGE_VERSION = "2025-05-05"
 _CHUNK = 1 << 20
 _MAX_RPC_BODY = 4 << 20
@@ -129,6 +132,65 @@ class _CacheEntry:
     created: float
     size: int = 0
     finalized: bool = False
+    #: the ref (``refs/heads/<branch>``, ``refs/pull/<n>/merge``) whose run saved the entry
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class CacheScope:
+    """One entry of the ``ac`` claim: a ref whose cache entries the token may read or write."""
+
+    scope: str
+    permission: int
+
+
+class _Who(NamedTuple):
+    """Who calls: the run and job of the token's ``Actions.Results`` scope, its cache scopes."""
+
+    run: str
+    job: str
+    scopes: tuple[CacheScope, ...] = ()
+
+
+def full_ref(ref: str) -> str:
+    """``refs/heads/<ref>`` for a branch name; a full ref (``refs/...``) as it is."""
+    return ref if ref.startswith("refs/") else f"refs/heads/{_check_id(ref, 'ref')}"
+
+
+def access_claim(ref: str, base_ref: str | None, default_branch: str) -> str:
+    """The ``ac`` claim of a job on ``ref``, as GitHub issues it: the job's own ref read/write,
+    then read-only the pull request's base branch (``base_ref``) and the default branch."""
+    scopes = [{"Scope": full_ref(ref), "Permission": SCOPE_READ | SCOPE_WRITE}]
+    for other in (base_ref, default_branch):
+        if other and all(full_ref(other) != s["Scope"] for s in scopes):
+            scopes.append({"Scope": full_ref(other), "Permission": SCOPE_READ})
+    return json.dumps(scopes, separators=(",", ":"))
+
+
+def ref_env(ref: str | None, base_ref: str | None) -> dict[str, str]:
+    """``GITHUB_REF``, ``GITHUB_REF_NAME`` and ``GITHUB_BASE_REF`` of a job, those given."""
+    env = {}
+    if ref:
+        full = env["GITHUB_REF"] = full_ref(ref)
+        env["GITHUB_REF_NAME"] = re.sub(r"^refs/(heads|tags|pull)/", "", full)
+    if base_ref:
+        env["GITHUB_BASE_REF"] = base_ref
+    return env
+
+
+def parse_access(claim: object) -> tuple[CacheScope, ...]:
+    """The cache scopes of an ``ac`` claim (a JSON string); `ValueError` if malformed."""
+    if claim is None:
+        return ()
+    items = json.loads(claim) if isinstance(claim, str) else None
+    if not isinstance(items, list):
+        raise ValueError("the ac claim is not a JSON list")
+    scopes = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("Scope"), str):
+            raise ValueError("an ac entry has no Scope")
+        scopes.append(CacheScope(item["Scope"], int(item.get("Permission", 0))))
+    return tuple(scopes)
 
 
 class _BlobStore:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import itertools
 import json
 import random
 import secrets
-import shlex
-import signal
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +23,6 @@ from .model import (
     ARTIFACT_LIMIT_PER_JOB,
     ARTIFACT_SERVICE,
     CACHE_SERVICE,
-    FAULT_KINDS,
     REPOSITORY,
     STORAGE_VERSION,
     BlobError,
@@ -41,6 +36,10 @@ from .model import (
     _Req,
     _rfc3339,
     _unb64url,
+    _Who,
+    access_claim,
+    parse_access,
+    ref_env,
 )
 from .twirp import TwirpMethods
 
@@ -51,13 +50,27 @@ class GitHubEmulator(TwirpMethods):
     Use as a context manager or call ``start()``/``stop()``; give a job's ``env(run, job)`` to the
     process under test. ``calls`` counts Twirp calls by method, ``blob_calls`` blob requests by
     operation; ``faults`` injects errors and latency.
+
+    Cache entries are scoped by ref as on GitHub: the runtime token's ``ac`` claim (built by
+    `token` from ``ref``, ``base_ref`` and ``default_branch``) lists the refs a job may read and
+    the one it writes. With ``require_restore_keys`` a lookup without ``restore_keys`` misses
+    even an exact key (off by default: see docs/architecture.md, the github-cache store).
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, data_dir: Path | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        data_dir: Path | None = None,
+        default_branch: str = "main",
     ) -> None:
         self.host, self.port = host, port
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        #: the repository's default branch: every job may read its cache entries
+        self.default_branch = _check_id(default_branch, "default_branch")
+        #: True: GetCacheEntryDownloadURL without restore_keys is a miss, exact key or not
+        self.require_restore_keys = False
         self.artifact_limit = ARTIFACT_LIMIT_PER_JOB
         self.url_ttl = 6 * 3600.0
         self._secret = secrets.token_bytes(32)
@@ -75,12 +88,12 @@ class GitHubEmulator(TwirpMethods):
         self._rng = random.Random(0)
         self._next_id = itertools.count(1)
         self._artifacts: dict[str, dict[str, _Artifact]] = {}
-        self._caches: dict[tuple[str, str], _CacheEntry] = {}
+        self._caches: dict[tuple[str, str, str], _CacheEntry] = {}  # (scope, key, version)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._blobs: _BlobStore | None = None
-        self._rpcs: dict[tuple[str, str], Callable[[tuple[str, str], _Req], dict[str, Any]]] = {
+        self._rpcs: dict[tuple[str, str], Callable[[_Who, _Req], dict[str, Any]]] = {
             (ARTIFACT_SERVICE, "CreateArtifact"): self._create_artifact,
             (ARTIFACT_SERVICE, "FinalizeArtifact"): self._finalize_artifact,
             (ARTIFACT_SERVICE, "ListArtifacts"): self._list_artifacts,
@@ -152,14 +165,21 @@ class GitHubEmulator(TwirpMethods):
         return f"http://{host}:{self.port}/"
 
     # -- identities ------------------------------------------------------------------------------
-    def token(self, run_id: str, job_id: str) -> str:
-        """An HS256 JWT like the runner's, ``scp`` carrying ``Actions.Results:<run>:<job>``."""
+    def token(
+        self, run_id: str, job_id: str, *, ref: str | None = None, base_ref: str | None = None
+    ) -> str:
+        """An HS256 JWT like the runner's, ``scp`` carrying ``Actions.Results:<run>:<job>``.
+
+        Its ``ac`` claim gives the job's cache scopes: ``ref`` (a branch name or a full ref,
+        default the default branch) read/write, then read-only ``base_ref`` (a pull request's
+        base branch) and the default branch.
+        """
         run, job = _check_id(run_id, "run_id"), _check_id(job_id, "job_id")
         now = int(time.time())
         claims = {
             "scp": f"Actions.GenericRead:00000000-0000-0000-0000-000000000000 "
             f"Actions.UploadArtifacts:{run}:{job} Actions.Results:{run}:{job}",
-            "ac": json.dumps([{"Scope": "refs/heads/main", "Permission": 3}]),
+            "ac": access_claim(ref or self.default_branch, base_ref, self.default_branch),
             "iss": "ciflow-github-emulator",
             "aud": "vso:ciflow-github-emulator",
             "nbf": now - 60,
@@ -171,16 +191,20 @@ class GitHubEmulator(TwirpMethods):
         sig = hmac.new(self._secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
         return f"{head}.{body}.{_b64url(sig)}"
 
-    def env(self, run_id: str, job_id: str) -> dict[str, str]:
+    def env(
+        self, run_id: str, job_id: str, *, ref: str | None = None, base_ref: str | None = None
+    ) -> dict[str, str]:
         """The variables a runner gives a JavaScript action for these services (one job).
 
         The job starts (``in_progress`` in the jobs API) on the first call for it. Besides the
         runtime variables: ``GITHUB_API_URL``/``GITHUB_REPOSITORY``/``GITHUB_TOKEN`` for the
         REST jobs API, and ``CIFLOW_JOB_ID``, what the reusable action exports from
-        ``job.check_run_id``.
+        ``job.check_run_id``. ``ref`` and ``base_ref`` go into the token (see `token`) and,
+        when given, into ``GITHUB_REF``/``GITHUB_REF_NAME`` and ``GITHUB_BASE_REF``.
         """
         job = self._start_job(run_id, job_id)
         return {
+            **ref_env(ref, base_ref),
             "GITHUB_API_URL": self.url,
             "GITHUB_REPOSITORY": REPOSITORY,
             "GITHUB_TOKEN": self._rest_token(run_id),
@@ -189,7 +213,7 @@ class GitHubEmulator(TwirpMethods):
             "ACTIONS_RESULTS_URL": self.url,
             "ACTIONS_RUNTIME_URL": self.url,
             "ACTIONS_CACHE_URL": self.url,
-            "ACTIONS_RUNTIME_TOKEN": self.token(run_id, job_id),
+            "ACTIONS_RUNTIME_TOKEN": self.token(run_id, job_id, ref=ref, base_ref=base_ref),
             "ACTIONS_CACHE_SERVICE_V2": "True",
             "GITHUB_SERVER_URL": "https://github.com",
             "GITHUB_ACTIONS": "true",
@@ -270,7 +294,7 @@ class GitHubEmulator(TwirpMethods):
         chunk = jobs[(page - 1) * per_page : page * per_page]
         return 200, {"total_count": len(jobs), "jobs": chunk}
 
-    def _identity(self, authorization: str | None) -> tuple[str, str]:
+    def _identity(self, authorization: str | None) -> _Who:
         scheme, _, tok = (authorization or "").partition(" ")
         try:
             if scheme.lower() != "bearer":
@@ -287,7 +311,7 @@ class GitHubEmulator(TwirpMethods):
             for scope in str(claims.get("scp", "")).split():
                 parts = scope.split(":")
                 if parts[0] == "Actions.Results" and len(parts) == 3:
-                    return parts[1], parts[2]
+                    return _Who(parts[1], parts[2], parse_access(claims.get("ac")))
             raise ValueError("no Actions.Results scope")
         except (ValueError, TypeError, AttributeError) as exc:
             raise TwirpError("unauthenticated", f"invalid ACTIONS_RUNTIME_TOKEN: {exc}") from None
@@ -373,83 +397,3 @@ class GitHubEmulator(TwirpMethods):
                 "AuthorizationPermissionMismatch",
                 "This request is not authorized to perform this operation using this permission.",
             )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ciflow emulate-github",
-        description="Emulate GitHub Actions' artifact (v4) and cache (v2) services locally.",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--run-id", default="local-run")
-    parser.add_argument(
-        "--job-id",
-        action="append",
-        default=None,
-        help="job id (repeatable: tokens for more jobs are printed as comments)",
-    )
-    parser.add_argument("--fault-rate", type=float, default=0.0)
-    parser.add_argument(
-        "--fault-kinds",
-        default="503",
-        help=f"comma-separated subset of {','.join(sorted(FAULT_KINDS))}",
-    )
-    parser.add_argument("--fault-seed", type=int, default=0)
-    parser.add_argument("--fault-blobs", action="store_true", help="faults hit blob requests too")
-    parser.add_argument("--retry-after", type=int, default=1)
-    parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--data-dir", type=Path, default=None)
-    return parser
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _print_exports(emulator: GitHubEmulator, run_id: str, jobs: list[str]) -> None:
-    for name, value in emulator.env(run_id, jobs[0]).items():
-        print(f"export {name}={shlex.quote(value)}")
-    for job in jobs[1:]:
-        other = emulator.env(run_id, job)
-        print(
-            f"# job {job}: export ACTIONS_RUNTIME_TOKEN="
-            f"{shlex.quote(other['ACTIONS_RUNTIME_TOKEN'])} "
-            f"CIFLOW_JOB_ID={other['CIFLOW_JOB_ID']} GITHUB_JOB={shlex.quote(job)}"
-        )
-    sys.stdout.flush()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Serve the emulator until Ctrl-C, SIGTERM or SIGHUP (its folder is removed then),
-    printing ``export`` lines for a job's environment."""
-    args = _parser().parse_args(argv)
-    jobs = args.job_id or ["local-job"]
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
-    emulator: GitHubEmulator | None = None
-    try:
-        faults = Faults(
-            rate=args.fault_rate,
-            latency=args.latency,
-            seed=args.fault_seed,
-            kinds=[k.strip() for k in args.fault_kinds.split(",") if k.strip()],
-            retry_after=args.retry_after,
-            blobs=args.fault_blobs,
-        )
-        emulator = GitHubEmulator(args.host, args.port, data_dir=args.data_dir)
-        emulator.faults = faults
-        emulator.start()
-        _print_exports(emulator, args.run_id, jobs)
-        print(f"# serving {emulator.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(3600)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass  # a stop signal may land anywhere above, even while the exports are printed
-    finally:
-        if emulator is not None:
-            emulator.stop()
-    return 0

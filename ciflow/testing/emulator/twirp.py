@@ -11,13 +11,18 @@ from typing import Any
 
 from .model import (
     INVALID_NAME_CHARS,
+    SCOPE_READ,
+    SCOPE_WRITE,
     TwirpError,
     _Artifact,
     _BlobStore,
     _CacheEntry,
     _Req,
     _rfc3339,
+    _Who,
 )
+
+_MISS = {"ok": False, "signed_download_url": "", "matched_key": ""}
 
 
 class TwirpMethods:
@@ -26,14 +31,15 @@ class TwirpMethods:
     # state and helpers of GitHubEmulator
     _lock: threading.Lock
     _artifacts: dict[str, dict[str, _Artifact]]
-    _caches: dict[tuple[str, str], _CacheEntry]
+    _caches: dict[tuple[str, str, str], _CacheEntry]
     _blobs: _BlobStore | None
     _call_log: list[tuple[str, str, str | None]]
     _next_id: Iterator[int]
-    _rpcs: dict[tuple[str, str], Callable[[tuple[str, str], _Req], dict[str, Any]]]
+    _rpcs: dict[tuple[str, str], Callable[[_Who, _Req], dict[str, Any]]]
     artifact_limit: int
+    require_restore_keys: bool
 
-    def _identity(self, authorization: str | None) -> tuple[str, str]:
+    def _identity(self, authorization: str | None) -> _Who:
         raise NotImplementedError
 
     def _signed_url(self, key: str, perm: str) -> str:
@@ -46,7 +52,7 @@ class TwirpMethods:
         return self._blobs
 
     # -- artifact service ------------------------------------------------------------------------
-    def _ids(self, who: tuple[str, str], req: _Req, same_job: bool) -> tuple[str, str]:
+    def _ids(self, who: _Who, req: _Req, same_job: bool) -> tuple[str, str]:
         run = req.text("workflow_run_backend_id")
         job = req.text("workflow_job_run_backend_id")
         if run != who[0] or (same_job and job != who[1]):
@@ -55,7 +61,7 @@ class TwirpMethods:
             )
         return run, job
 
-    def _create_artifact(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
+    def _create_artifact(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, job = self._ids(who, req, same_job=True)
         name = req.text("name")
         bad = sorted({repr(c) for c in INVALID_NAME_CHARS if c in name})
@@ -92,7 +98,7 @@ class TwirpMethods:
             raise TwirpError("not_found", f"artifact {name!r} not found")
         return art
 
-    def _finalize_artifact(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
+    def _finalize_artifact(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, job = self._ids(who, req, same_job=True)
         name, size, digest = req.text("name"), req.integer("size") or 0, req.opt_text("hash")
         with self._lock:
@@ -106,7 +112,7 @@ class TwirpMethods:
             art.size, art.digest, art.finalized = size, digest, True
         return {"ok": True, "artifact_id": str(art.id)}
 
-    def _list_artifacts(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
+    def _list_artifacts(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, _ = self._ids(who, req, same_job=False)
         name, art_id, now = req.opt_text("name_filter"), req.integer("id_filter"), time.time()
         with self._lock:
@@ -136,13 +142,13 @@ class TwirpMethods:
             out.append(item)
         return {"artifacts": out}
 
-    def _signed_artifact_url(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
+    def _signed_artifact_url(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, job = self._ids(who, req, same_job=False)
         with self._lock:
             art = self._find_artifact(run, job, req.text("name"), finalized=True)
         return {"signed_url": self._signed_url(art.blob, "r")}
 
-    def _delete_artifact(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
+    def _delete_artifact(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, job = self._ids(who, req, same_job=False)
         with self._lock:
             art = self._find_artifact(run, job, req.text("name"), finalized=False)
@@ -151,12 +157,20 @@ class TwirpMethods:
         return {"ok": True, "artifact_id": str(art.id)}
 
     # -- cache service ---------------------------------------------------------------------------
-    def _create_cache_entry(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
+    @staticmethod
+    def _write_scope(who: _Who) -> str | None:
+        """The ref the caller's entries are saved under: its first writable cache scope."""
+        return next((s.scope for s in who.scopes if s.permission & SCOPE_WRITE), None)
+
+    def _create_cache_entry(self, who: _Who, req: _Req) -> dict[str, Any]:
         key, version = req.text("key"), req.text("version")
         if len(key) > 512 or "," in key:
             raise TwirpError("invalid_argument", "key must be at most 512 characters, no commas")
+        scope = self._write_scope(who)
+        if scope is None:
+            return {"ok": False, "message": "cache write denied: the token has no writable scope"}
         with self._lock:
-            if (key, version) in self._caches:
+            if (scope, key, version) in self._caches:
                 raise TwirpError(
                     "already_exists",
                     "cache entry with the same key, version, and scope already exists",
@@ -167,15 +181,19 @@ class TwirpMethods:
                 version,
                 f"actions-cache/{secrets.token_hex(12)}",
                 time.time(),
+                scope=scope,
             )
             self._store.create(entry.blob, "application/octet-stream")
-            self._caches[(key, version)] = entry
+            self._caches[(scope, key, version)] = entry
         return {"ok": True, "signed_upload_url": self._signed_url(entry.blob, "cw")}
 
-    def _finalize_cache_entry(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
+    def _finalize_cache_entry(self, who: _Who, req: _Req) -> dict[str, Any]:
         key, version, size = req.text("key"), req.text("version"), req.integer("size_bytes") or 0
+        scope = self._write_scope(who)
+        if scope is None:
+            return {"ok": False, "message": "cache write denied: the token has no writable scope"}
         with self._lock:
-            entry = self._caches.get((key, version))
+            entry = self._caches.get((scope, key, version))
         if entry is None:
             raise TwirpError("not_found", f"no cache entry reserved for key {key!r}")
         if entry.finalized:  # a retried finalize (its answer lost) succeeds again
@@ -187,25 +205,31 @@ class TwirpMethods:
             entry.size, entry.finalized = size, True
         return {"ok": True, "entry_id": str(entry.id)}
 
-    def _cache_download_url(self, who: tuple[str, str], req: _Req) -> dict[str, Any]:
+    def _cache_download_url(self, who: _Who, req: _Req) -> dict[str, Any]:
+        """The newest match in the first readable scope that has one (GitHub's order: the
+        job's own ref, then the base and default branches); per scope the key, then each
+        restore key, each an exact match first, then the newest entry it prefixes."""
         key, version, restore = req.text("key"), req.text("version"), req.texts("restore_keys")
+        scopes = [s.scope for s in who.scopes if s.permission & SCOPE_READ]
+        if not scopes:
+            raise TwirpError("permission_denied", "cache read denied: the token has no scope")
+        if self.require_restore_keys and not restore:
+            return dict(_MISS)
         with self._lock:
             saved = sorted(
                 (e for e in self._caches.values() if e.finalized and e.version == version),
                 key=lambda e: (e.created, e.id),
                 reverse=True,
             )
-        for wanted in [key, *restore]:
-            hit = next((e for e in saved if e.key == wanted), None) or next(
-                (e for e in saved if e.key.startswith(wanted)), None
-            )
+        for scope in scopes:
+            hit = _match([e for e in saved if e.scope == scope], [key, *restore])
             if hit is not None:
                 return {
                     "ok": True,
                     "signed_download_url": self._signed_url(hit.blob, "r"),
                     "matched_key": hit.key,
                 }
-        return {"ok": False, "signed_download_url": "", "matched_key": ""}
+        return dict(_MISS)
 
     def _rpc(
         self, service: str, method: str, authorization: str | None, content_type: str, body: bytes
@@ -225,3 +249,14 @@ class TwirpMethods:
         with self._lock:
             self._call_log.append((method, who[1], name if isinstance(name, str) else None))
         return rpc(who, _Req(parsed))
+
+
+def _match(entries: list[_CacheEntry], wanted: list[str]) -> _CacheEntry | None:
+    """The first of ``wanted`` that matches: exactly, else the first (newest) it prefixes."""
+    for prefix in wanted:
+        hit = next((e for e in entries if e.key == prefix), None) or next(
+            (e for e in entries if e.key.startswith(prefix)), None
+        )
+        if hit is not None:
+            return hit
+    return None
