@@ -66,6 +66,9 @@ def test_a_second_run_is_all_cached_and_restores_deleted_outputs(project: Path) 
     assert (project / "build" / "out.txt").read_text() == "HELLO\n"
     assert second["build"]["cache"] == "hit" and second["test"]["result"] == first["test"]["result"]
     assert second["report"]["cache"] is None  # not a cache=True module
+    before = (project / "build" / "out.txt").stat().st_mtime_ns
+    assert outcomes(run(project))["build"] == "cached"
+    assert (project / "build" / "out.txt").stat().st_mtime_ns == before  # already there: kept
 
 
 def test_an_input_change_reruns_only_what_it_affects(project: Path) -> None:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..distributed.archive import ArchiveInfo
 from ..distributed.blob import OutputRef, ResultHeader, decode_result, encode_result
 from ..stores.base import Store
 from .digest import SHORT, digest_bytes
@@ -99,7 +100,7 @@ class EntryStore:
         parts: KeyParts,
         data: bytes,
         duration: float,
-        archive: Path | None,
+        archive: ArchiveInfo | None,
         outputs_digest: str,
     ) -> bool:
         """Store one entry (outputs, data, parts, marker); False if another writer was first."""
@@ -107,14 +108,14 @@ class EntryStore:
         base = self._base(module)
         refs: list[OutputRef] = []
         if archive is not None:
-            import hashlib
-
-            with open(archive, "rb") as fh:
-                sha = hashlib.file_digest(fh, "sha256").hexdigest()
-            ref_key = f"{base}/outputs/{key}-{sha[:16]}"
-            self.store.create_from_file(ref_key, archive)
-            size = archive.stat().st_size
-            refs.append(OutputRef(key=ref_key, sha256=sha, size=size))
+            ref_key = f"{base}/outputs/{key}-{archive.sha256[:16]}"
+            self.store.create_from_file(ref_key, archive.path)
+            refs.append(
+                OutputRef(
+                    key=ref_key, sha256=archive.sha256, size=archive.size,
+                    unpacked=archive.file_bytes,
+                )
+            )  # fmt: skip
         now = time.time()
         header = ResultHeader(
             module=module, attempt=1, worker=socket.gethostname() or "ciflow", outcome="succeeded",

@@ -123,9 +123,12 @@ class ModuleCache:
         probe.entry = entry
 
     def _restore(self, entry: Entry) -> None:
+        """Put the entry's outputs into the workspace, unless they are there already."""
         from ..distributed.restore import unpack_outputs
 
         patterns = list(self.pipeline.modules[entry.module].outputs)
+        if not entry.outputs or outputs_digest(self.workdir, patterns) == entry.outputs_digest:
+            return
         for ref in entry.outputs:
             with self.entries.temp_archive() as tmp:
                 archive = Path(tmp) / "outputs.tar.zst"
@@ -199,7 +202,8 @@ class ModuleCache:
                 if mod.outputs:
                     from ..distributed.archive import pack_outputs
 
-                    archive = pack_outputs(self.workdir, mod.outputs, Path(tmp) / "o.tar.zst").path
+                    dest = Path(tmp) / "o.tar.zst"
+                    archive = pack_outputs(self.workdir, mod.outputs, dest, durable=False)
                 if probe.broken:
                     self.entries.drop(name, probe.parts.key())
                 self.entries.write(probe.parts, payload, duration, archive, digest)

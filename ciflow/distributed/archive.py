@@ -78,11 +78,12 @@ class _Entry:
 
 
 def pack_outputs(
-    workdir: Path, patterns: Sequence[str], dest: Path, *, level: int = 3
+    workdir: Path, patterns: Sequence[str], dest: Path, *, level: int = 3, durable: bool = True
 ) -> ArchiveInfo:
     """Stream the files matching ``patterns`` under ``workdir`` into the ``.tar.zst`` ``dest``.
 
-    ``dest`` appears complete or not at all (written under a temporary name, then renamed).
+    ``dest`` appears complete or not at all (written under a temporary name, then renamed);
+    ``durable=False`` skips the fsync, for an archive copied elsewhere and then deleted.
     A pattern that matches nothing is fine (see `ArchiveInfo.matches`); no match at all gives
     an empty archive. Raises `ArchiveError`.
     """
@@ -115,7 +116,8 @@ def pack_outputs(
                     file_bytes += _add(tar, entries[rel])
                     _forget_members(tar)
             raw.flush()
-            os.fsync(raw.fileno())
+            if durable:
+                os.fsync(raw.fileno())
         os.replace(tmp, dest)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
