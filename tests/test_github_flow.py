@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import node_steps
 from typer.testing import CliRunner
 
 from ciflow.cli.app import app
@@ -206,3 +207,79 @@ def test_github_fail_fast_cancels_what_starts_after_the_failure_and_every_worker
     failed_on = records["boom"].slot
     assert codes == [1 if slot == failed_on else 0 for slot in range(4)], out
     assert out.count("run cancelled: cancelled after boom failed") == 4, out
+
+
+def _cached_project(tmp_path: Path) -> Path:
+    import shutil
+
+    root = tmp_path / "checkout"
+    (root / "src").mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "pipelines" / "cached.py", root / "cached_pipeline.py")
+    (root / "src" / "a.txt").write_text("hello\n")
+    (root / "src" / "b.txt").write_text("b\n")
+    return root
+
+
+def _workflow(emu: GitHubEmulator, file: Path, tmp_path: Path, run: str) -> tuple[str, str, Any]:
+    """One workflow run of examples/github (plan, 2 workers, summary) on branch main; the
+    result cache is the default one there: the Actions cache. Returns the plan's and the
+    summary's output and the run."""
+    output = tmp_path / f"github_output_{run}"
+    plan = runner.invoke(
+        app, ["plan", "-f", str(file), "--workers", "2", "--store", "github://"],
+        env={**emu.env(run, "plan", ref="main"), "GITHUB_OUTPUT": str(output)},
+    )  # fmt: skip
+    assert plan.exit_code == 0, plan.stderr
+    envs = {k: emu.env(run, f"work-{k}", ref="main") for k in range(2)}
+    procs = start_workers(2, pipeline_file=file, store_url="github://", run_id=f"{run}-1",
+                          extra=FAST, env_of=envs)  # fmt: skip
+    codes = supervise(procs, Console(io.StringIO(), live=False), ())
+    assert codes == [0, 0]
+    summary = runner.invoke(
+        app, ["summary", "--store", "github://", "--run-id", f"{run}-1"],
+        env=emu.env(run, "summary", ref="main"),
+    )  # fmt: skip
+    assert summary.exit_code == 0, summary.stdout + summary.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in emu.env(run, "summary", ref="main").items():
+            mp.setenv(name, value)
+        result = read_run(open_store("github://"), RunKeys(f"{run}-1"), load_pipeline(file).order)
+    return plan.stdout, summary.stdout, result
+
+
+def test_a_second_workflow_run_skips_unchanged_modules_through_the_actions_cache(
+    emu: GitHubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    monkeypatch.delenv("CIFLOW_CACHE")  # the workflow sets nothing: the Actions cache it is
+    root = _cached_project(tmp_path)
+    file = root / "cached_pipeline.py"
+    plan, summary, first = _workflow(emu, file, tmp_path, "7001")
+    assert {r.name: r.cache for r in first.records} == {
+        "build": "miss: no entry", "test": "miss: no entry", "report": None,
+    }  # fmt: skip
+    assert "costs from default: 3" in plan
+    shutil.rmtree(root / "build")
+    (root / "ran.log").unlink()
+    plan, summary, second = _workflow(emu, file, tmp_path, "7002")
+    assert "expected cache hits (2): build, test" in plan
+    assert "costs from cached: 2, history: 1" in plan  # history the first summary recorded
+    assert {r.name: r.outcome for r in second.records} == {
+        "build": Outcome.CACHED, "test": Outcome.CACHED, "report": Outcome.SUCCEEDED,
+    }  # fmt: skip
+    assert (root / "ran.log").read_text().split() == ["report"]
+    assert (root / "build" / "out.txt").read_text() == "HELLO\n"
+    assert "cache: 2 hit(s), 0 miss(es)" in summary
+    # the official @actions/cache client restores the outputs ciflow stored with the entry
+    (ref,) = _outputs_keys(emu, "build")
+    workspace = tmp_path / "elsewhere"
+    steps = [{"op": "restore", "key": ref, "paths": ["build/out.txt"]}]
+    assert node_steps("cache.mjs", steps, emu.env("7003", "j", ref="main"), workspace) == [ref]
+    assert (workspace / "build" / "out.txt").read_text() == "HELLO\n"
+
+
+def _outputs_keys(emu: GitHubEmulator, module: str) -> list[str]:
+    """The cache keys of ``module``'s output archives, as the emulator holds them."""
+    prefix = f"ciflow/cache/1/{module}/outputs/"
+    return sorted({key for key in emu.cache_keys() if key.startswith(prefix)})

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
-import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import node_steps
 from store_contract import INVALID_KEYS, file_sha256, write_blob
 
 import ciflow.testing.emulator.http as emulator_module
@@ -424,25 +422,6 @@ def test_entries_are_scoped_by_branch(emu: GitHubEmulator, open_cache: Opened) -
 
 
 # -- archives for the official toolkit ----------------------------------------------------------
-JS = Path(__file__).parent / "js"
-
-
-def _node(script: str, steps: list[Any], env: dict[str, str], cwd: Path) -> list[Any]:
-    """Run a tests/js script in the workspace ``cwd`` with a job's env; return its values."""
-    node = shutil.which("node")
-    if node is None or not (JS / "node_modules").is_dir():
-        pytest.fail("needs node 20+ and `npm ci --prefix tests/js`")
-    cwd.mkdir(parents=True, exist_ok=True)
-    full = {**os.environ, **env, "GITHUB_WORKSPACE": str(cwd), "RUNNER_TEMP": str(cwd / "_t")}
-    proc = subprocess.run(
-        [node, str(JS / script), json.dumps(steps)],
-        cwd=cwd, env=full, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-4000:] + proc.stderr[-4000:]
-    results: list[dict[str, Any]] = json.loads(lines[-1][len("RESULT ") :])
-    assert all(r["ok"] for r in results), results
-    return [r["value"] for r in results]
 
 
 def _tree(root: Path) -> dict[str, Any]:
@@ -473,7 +452,7 @@ def _workspace(root: Path) -> Path:
 
 def test_toolkit_version_is_what_the_official_client_computes(tmp_path: Path) -> None:
     steps = [{"paths": ["out"]}, {"paths": ["dist/*.whl", "~/.cache/pip"]}]
-    got = _node("version.mjs", steps, {}, tmp_path)
+    got = node_steps("version.mjs", steps, {}, tmp_path)
     assert [g["compression"] for g in got] == [TOOLKIT_COMPRESSION] * 2  # zstd is installed
     assert [g["version"] for g in got] == [toolkit_version(s["paths"]) for s in steps]
     assert toolkit_version(["out"]) == hashlib.sha256(b"out|zstd-without-long|1.0").hexdigest()
@@ -497,13 +476,13 @@ def test_official_client_restores_an_archive_ciflow_stored(
     key = store.cache_key("outputs/build-1")
     env = emu.env("run-2", "restore")
     one = [{"op": "restore", "key": key, "paths": ["out"]}]
-    exact = _node("cache.mjs", one, env, tmp_path / "a")
+    exact = node_steps("cache.mjs", one, env, tmp_path / "a")
     steps = [
         {"op": "restore", "key": f"{store.prefix}outputs/build-2~",
          "restoreKeys": [f"{store.prefix}outputs/"], "paths": ["out"]},
         {"op": "restore", "key": key, "paths": ["other"]},  # another version: a miss
     ]  # fmt: skip
-    prefix, miss = _node("cache.mjs", steps, env, tmp_path / "b")
+    prefix, miss = node_steps("cache.mjs", steps, env, tmp_path / "b")
     assert exact == [key] and prefix == key and miss is None
     for restored in (tmp_path / "a", tmp_path / "b"):
         assert _tree(restored / "out") == _tree(ws / "out") != {}
@@ -517,7 +496,7 @@ def test_ciflow_reads_an_archive_the_official_client_saved(
     store = open_cache()
     key = store.cache_key("outputs/node")
     save = [{"op": "save", "key": key, "paths": ["out"]}]
-    saved = _node("cache.mjs", save, emu.env("r", "j"), ws)
+    saved = node_steps("cache.mjs", save, emu.env("r", "j"), ws)
     assert saved[0] > 0
     dst = tmp_path / "dl" / "node.tar.zst"
     assert store.get_archive_to_file("outputs/node", dst, ["other"]) is False

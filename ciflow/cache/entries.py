@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Sequence
 import tempfile
 import time
 from dataclasses import dataclass
@@ -80,8 +81,11 @@ class EntryStore:
             tuple(header.outputs),
         )  # fmt: skip
 
-    def fetch_outputs(self, entry: Entry, ref: OutputRef, dest: Path) -> bool:
-        """Download one outputs archive of ``entry`` into ``dest``; False if it is gone."""
+    def fetch_outputs(self, ref: OutputRef, dest: Path, patterns: Sequence[str]) -> bool:
+        """Download one outputs archive into ``dest``; False if it is gone."""
+        getter = getattr(self.store, "get_archive_to_file", None)
+        if getter is not None:  # github-cache: under the version @actions/cache computes
+            return bool(getter(ref.key, dest, list(patterns)))
         return self.store.get_to_file(ref.key, dest)
 
     def last_parts(self, module: str) -> KeyParts | None:
@@ -102,14 +106,23 @@ class EntryStore:
         duration: float,
         archive: ArchiveInfo | None,
         outputs_digest: str,
+        patterns: Sequence[str] = (),
     ) -> bool:
-        """Store one entry (outputs, data, parts, marker); False if another writer was first."""
+        """Store one entry (outputs, data, parts, marker); False if another writer was first.
+
+        ``patterns``: the module's declared outputs (what ``github-cache://`` versions an
+        archive with, so that ``actions/cache`` with the same paths restores it).
+        """
         module, key = parts.module, parts.key()
         base = self._base(module)
         refs: list[OutputRef] = []
         if archive is not None:
             ref_key = f"{base}/outputs/{key}-{archive.sha256[:16]}"
-            self.store.create_from_file(ref_key, archive.path)
+            creator = getattr(self.store, "create_archive", None)
+            if creator is not None:  # github-cache: restorable by the official actions/cache
+                creator(ref_key, archive.path, list(patterns))
+            else:
+                self.store.create_from_file(ref_key, archive.path)
             refs.append(
                 OutputRef(
                     key=ref_key, sha256=archive.sha256, size=archive.size,

@@ -132,7 +132,7 @@ class ModuleCache:
         for ref in entry.outputs:
             with self.entries.temp_archive() as tmp:
                 archive = Path(tmp) / "outputs.tar.zst"
-                if not self.entries.fetch_outputs(entry, ref, archive):
+                if not self.entries.fetch_outputs(ref, archive, patterns):
                     raise StoreError(f"the outputs {ref.key} of the entry are gone")
                 unpack_outputs(archive, self.workdir, expected_sha256=ref.sha256, allowed=patterns)
 
@@ -206,7 +206,7 @@ class ModuleCache:
                     archive = pack_outputs(self.workdir, mod.outputs, dest, durable=False)
                 if probe.broken:
                     self.entries.drop(name, probe.parts.key())
-                self.entries.write(probe.parts, payload, duration, archive, digest)
+                self.entries.write(probe.parts, payload, duration, archive, digest, mod.outputs)
         except (CiflowError, OSError) as exc:
             self.warn(f"cache: cannot store the entry of {name} ({exc}); the run goes on")
             return None

@@ -335,6 +335,11 @@ class GitHubEmulator(TwirpMethods):
         with self._lock:
             return list(self._call_log)
 
+    def cache_keys(self) -> list[str]:
+        """The keys of the finalized cache entries, in every scope (sorted, no duplicates)."""
+        with self._lock:
+            return sorted({key for (_, key, _), e in self._caches.items() if e.finalized})
+
     def reset_calls(self) -> None:
         """Zero both counters and the call log."""
         with self._lock:
