@@ -198,3 +198,41 @@ def test_a_result_holding_a_registered_secret_is_not_stored(project: Path) -> No
     assert proc.returncode == 0
     assert "cache: build's result holds a registered secret; not stored" in proc.stdout
     assert outcomes(run(project, env={"TOKEN": "hello"}))["build"] == "succeeded"
+
+
+def test_the_example_pipeline_takes_its_checks_and_build_from_the_cache_the_second_time(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "basic"
+    shutil.copytree(Path(__file__).parent.parent / "examples" / "basic", root)
+    first = ciflow(root, "run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "OK: 6 module(s): 5 succeeded, 1 skipped" in first.stdout
+    second = ciflow(root, "run")
+    assert "OK: 6 module(s): 3 cached, 2 succeeded, 1 skipped" in second.stdout, second.stdout
+    # byte-compiling the sources wrote __pycache__ folders: excluded, so no miss
+    assert any(root.rglob("__pycache__"))
+    (root / "src" / "calc" / "__init__.py").write_text("__version__ = '9.9'\n\ndef add(a, b):\n"
+                                                      "    return a + b\n")  # fmt: skip
+    third = ciflow(root, "run")
+    assert "  build: miss: input src/calc/__init__.py changed" in third.stdout, third.stdout
+
+
+def test_concurrent_runs_storing_the_same_entries_both_succeed(project: Path) -> None:
+    other = project.parent / "other"
+    shutil.copytree(project, other)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-P", "-m", "ciflow", "run", "-f", str(root / "ciflow.py")],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for root in (project, other)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert outcomes(run(project)) == {"build": "cached", "test": "cached", "report": "succeeded"}
+    cache = Path(os.environ["CIFLOW_CACHE"])
+    assert len(list((cache / "cache" / "1" / "build" / "data").iterdir())) == 1

@@ -1,7 +1,8 @@
 """Example pipeline: lint, build, unit tests, an integration test of the build, publish.
 
 Run it with `ciflow run -f examples/basic/ciflow.py`. It needs nothing but Python: the
-"build" zips the package, the "integration test" imports it from that zip.
+"build" zips the package, the "integration test" imports it from that zip. Run it twice: the
+second run takes lint, the unit tests and the build from the result cache (`.ciflow/cache`).
 """
 
 from __future__ import annotations
@@ -25,18 +26,23 @@ class Package(BaseModel):
     files: int
 
 
-@ciflow.module(category="check", inputs=["src/**"])
+# What the checks and the build read: the result cache skips them while these files are the same
+# (byte-compiling writes __pycache__ folders, which are not inputs).
+SOURCES = ["src/**", "!**/__pycache__"]
+
+
+@ciflow.module(category="check", inputs=[*SOURCES, "tests/**"], cache=True)
 def lint(ctx: ciflow.Context) -> None:
     """Byte-compile every source file: a syntax error fails the pipeline early."""
     ctx.run([PY, "-m", "compileall", "-q", "src", "tests"])
 
 
-@ciflow.module(category="check", timeout=300)
+@ciflow.module(category="check", timeout=300, inputs=[*SOURCES, "tests/**"], cache=True)
 def unit_tests(ctx: ciflow.Context) -> None:
     ctx.run([PY, "-m", "unittest", "discover", "-s", "tests", "-v"])
 
 
-@ciflow.module(category="build", outputs=["dist/*.zip"], cost=2)
+@ciflow.module(category="build", inputs=SOURCES, outputs=["dist/*.zip"], cost=2, cache=True)
 def build(ctx: ciflow.Context) -> Package:
     """Package src/calc into dist/calc-<version>.zip."""
     version = ctx.run(
