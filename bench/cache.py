@@ -195,6 +195,7 @@ def _clear_code_memo() -> None:
     from ciflow.cache import key
 
     key._CODE.clear()  # a fresh `ciflow run` process computes every code digest once
+    key._FILES.clear()  # ... and parses the pipeline file once
 
 
 def run_inprocess(

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Sequence
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 

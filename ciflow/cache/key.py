@@ -10,16 +10,20 @@ cut-off), the platform when ``requires`` names an os or arch, and `FORMAT`.
 from __future__ import annotations
 
 import ast
+import copy
+import functools
 import hashlib
 import inspect
 import json
 import marshal
+import os
 import platform
 import sys
 import textwrap
+import tokenize
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +59,19 @@ class KeyParts:
 
     def key(self) -> str:
         """The key: SHA-256 of the canonical JSON of the parts (64 hex digits)."""
+        return self._key
+
+    @functools.cached_property
+    def _key(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        data = {
+            "module": self.module, "code": self.code, "spec": self.spec,
+            "platform": self.platform, "inputs": self.inputs, "env": self.env,
+            "deps": {d: list(p) for d, p in self.deps.items()}, "format": self.format,
+        }  # fmt: skip
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> KeyParts:
@@ -84,16 +97,46 @@ def code_digest(fn: Callable[..., Any]) -> str:
 
 
 def _code_text(fn: Callable[..., Any]) -> bytes:
-    try:
-        source = textwrap.dedent(inspect.getsource(fn))
-        tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError):
-        code = getattr(fn, "__code__", None)
-        return b"bytecode " + (_bytecode(code) if code is not None else repr(fn).encode())
-    node = tree.body[0] if tree.body else tree
+    code = getattr(fn, "__code__", None)
+    top = None if code is None else _functions(code.co_filename).get(code.co_firstlineno)
+    node: ast.stmt
+    if top is not None and code is not None and top.name == code.co_name:
+        node = top
+    else:  # not a plain function of a file: a lambda, a nested or generated function
+        try:
+            node = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
+        except (OSError, TypeError, SyntaxError, IndexError):
+            return b"bytecode " + (_bytecode(code) if code is not None else repr(fn).encode())
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        node = copy.copy(node)
         node.decorator_list = []
     return ast.unparse(node).encode()
+
+
+_FILES: dict[tuple[str, int, int], dict[int, ast.FunctionDef | ast.AsyncFunctionDef]] = {}
+
+
+def _functions(filename: str) -> dict[int, ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The top-level functions of a source file by first line (a decorator's, if any); the
+    file is parsed once per content (one parse for all the modules of a pipeline file)."""
+    try:
+        st = os.stat(filename)
+    except OSError:
+        return {}
+    stamp = (filename, st.st_mtime_ns, st.st_size)
+    found = _FILES.get(stamp)
+    if found is None:
+        try:
+            with tokenize.open(filename) as fh:  # honours an encoding declaration
+                tree = ast.parse(fh.read())
+        except (OSError, SyntaxError, ValueError):
+            tree = ast.Module(body=[], type_ignores=[])
+        found = _FILES[stamp] = {
+            min([n.lineno, *(d.lineno for d in n.decorator_list)]): n
+            for n in tree.body
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+    return found
 
 
 def _bytecode(code: types.CodeType) -> bytes:
