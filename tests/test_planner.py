@@ -118,8 +118,8 @@ def test_transfer_for_store_takes_the_store_profile() -> None:
             backend.profile.bandwidth,
         )
     assert Transfer.for_store("github", bandwidth=5e6).latency == BACKENDS["github"].profile.latency
-    with pytest.raises(UsageError, match="unknown store kind 'redis'; use one of file, github"):
-        Transfer.for_store("redis")
+    with pytest.raises(UsageError, match="unknown store kind 'ftp'; use one of file, github"):
+        Transfer.for_store("ftp")
     with pytest.raises(UsageError, match="latency must be >= 0"):
         Transfer.for_store("file", latency=-1)
     with pytest.raises(UsageError, match="bandwidth must be > 0"):

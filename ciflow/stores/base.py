@@ -22,17 +22,20 @@ backends and their `StoreProfile`, is `ciflow.stores.registry`.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import os
 import re
+import secrets
 import shutil
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
-from ..errors import CiflowError, UsageError
+from ..errors import CiflowError, ExitCode, UsageError
 
 if TYPE_CHECKING:
     from .registry import StoreProfile
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIRST_POLL",
     "Store",
+    "StoreDenied",
     "StoreError",
     "StoreFlaky",
     "StoreStats",
@@ -59,6 +63,12 @@ class StoreError(CiflowError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached or written (permissions, missing folder, network)."""
+
+
+class StoreDenied(StoreUnavailable):
+    """The store refused our credentials (a wrong password or token): exit 2, never retried."""
+
+    exit_code = ExitCode.USAGE
 
 
 class StoreFlaky(StoreUnavailable):
@@ -216,3 +226,46 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: what a download writes its bytes with; a backend calls it again to start over (a retry)
+Sink = Callable[[], Callable[[bytes], object]]
+
+
+def into_file(path: Path, fetch: Callable[[Sink], bool]) -> bool:
+    """Run ``fetch`` into a temporary file beside ``path``, renamed to it when complete.
+
+    ``fetch`` calls the sink it is given to get a writer (again to restart from nothing) and
+    returns False when the value is absent; the temporary file is made only once it writes.
+    For backends' `Store.get_to_file`: ``path`` is replaced only by a whole value.
+    """
+    tmp = path.with_name(f".{path.name[:120]}.part~{secrets.token_hex(8)}")
+    handle: builtins.list[BinaryIO] = []
+
+    def sink() -> Callable[[bytes], object]:
+        if not handle:  # created only once the value is there
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle.append(open(tmp, "xb"))
+            except OSError as exc:
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        handle[0].seek(0)
+        handle[0].truncate()
+        return handle[0].write
+
+    try:
+        if not fetch(sink):
+            return False
+        if not handle:
+            sink()  # an empty value: the file exists all the same
+        handle[0].close()
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return True
+    finally:
+        for fh in handle:
+            fh.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

@@ -51,15 +51,13 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
-import os
 import re
-import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from ...errors import UsageError
-from ..base import StoreError, StoreUnavailable, check_key
+from ..base import StoreError, StoreUnavailable, check_key, into_file
 from .blobs import CHUNK, Pieces
 from .download import DownloadingStore, Sink
 from .twirp import TwirpError, get_field
@@ -309,7 +307,7 @@ class GitHubCacheStore(DownloadingStore):
         check_key(key)
         self.stats.add("get_archive_to_file")
         version = toolkit_version(paths)
-        return _into_file(Path(path), lambda sink: self._fetch(key, sink, version))
+        return into_file(Path(path), lambda sink: self._fetch(key, sink, version))
 
     # -- what the cache service cannot do ---------------------------------------------------------
 
@@ -329,35 +327,3 @@ class GitHubCacheStore(DownloadingStore):
             f"github-cache store cannot delete {key!r}: cache entries are immutable and the "
             "cache service offers no delete; GitHub evicts entries unused for 7 days"
         )
-
-
-def _into_file(path: Path, fetch: Callable[[Sink], bool]) -> bool:
-    """Run ``fetch`` into a temporary file beside ``path``, renamed to it when complete."""
-    tmp = path.with_name(f".{path.name[:120]}.part~{secrets.token_hex(8)}")
-    handle: builtins.list[BinaryIO] = []
-    try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle.append(open(tmp, "xb"))
-        except OSError as exc:
-            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        fh = handle[0]
-
-        def sink() -> Callable[[bytes], object]:
-            fh.seek(0)
-            fh.truncate()
-            return fh.write
-
-        if not fetch(sink):
-            return False
-        fh.close()
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        return True
-    finally:
-        for fh in handle:
-            fh.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)

@@ -7,18 +7,16 @@ attempt in ``stats``), and implements `get` and `get_to_file` on a subclass's ``
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import ClassVar
 
 import requests
 
-from ..base import Store, StoreError, check_key
+from ..base import Sink, Store, check_key, into_file
 from ..transport import MAX_ATTEMPTS, Transport
 from .blobs import Blobs
 from .naming import parse_namespace
@@ -28,7 +26,6 @@ from .twirp import Twirp
 __all__ = ["DownloadingStore", "Sink"]
 
 #: called (again to restart after a retry) to give the writer a download goes to
-Sink = Callable[[], Callable[[bytes], object]]
 
 
 class DownloadingStore(Store):
@@ -92,35 +89,7 @@ class DownloadingStore(Store):
         """Stream the value of ``key`` into ``path`` (replaced when complete); False if absent."""
         check_key(key)
         self.stats.add("get_to_file")
-        path = Path(path)
-        tmp = path.with_name(f".{path.name[:120]}.part~{secrets.token_hex(8)}")
-        handle: list[BinaryIO] = []
-        try:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handle.append(open(tmp, "xb"))
-            except OSError as exc:
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            fh = handle[0]
-
-            def sink() -> Callable[[bytes], object]:
-                fh.seek(0)
-                fh.truncate()
-                return fh.write
-
-            if not self._download(key, sink):
-                return False
-            fh.close()
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            return True
-        finally:
-            for fh in handle:
-                fh.close()
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        return into_file(Path(path), lambda sink: self._download(key, sink))
 
     def close(self) -> None:
         """Close the HTTP session."""
