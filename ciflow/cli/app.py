@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["app", "main"]
 
 
-# Commands defined in distributed.py (dry-run: dryrun.py), imported only when one of them runs
-# (or for --help).
-_LAZY = ("plan", "worker", "dry-run", "status", "summary", "emulate-github")
+# Commands defined in distributed.py (dry-run: dryrun.py, serve: serve.py), imported only when
+# one of them runs (or for --help).
+_LAZY = ("plan", "worker", "dry-run", "status", "summary", "emulate-github", "serve")
 
 
 class _Group(TyperGroup):
@@ -45,9 +45,9 @@ class _Group(TyperGroup):
         if cmd_name in _LAZY:
             from typer.main import get_command
 
-            from . import distributed, dryrun
+            from . import distributed, dryrun, serve
 
-            group = dryrun.app if cmd_name == "dry-run" else distributed.app
+            group = {"dry-run": dryrun.app, "serve": serve.app}.get(cmd_name, distributed.app)
             return get_command(group).get_command(ctx, cmd_name)  # type: ignore[attr-defined]
         return super().get_command(ctx, cmd_name)
 

@@ -70,6 +70,17 @@ _MEMORY = StoreProfile(
     latency=1e-4, bandwidth=1e9, poll=0.01, slow_poll=0.05, heartbeat=1.0, pushes=True
 )
 
+# a server on the network: pushes new keys (pub/sub), a round trip costs about a millisecond
+_REDIS = StoreProfile(
+    latency=0.002, bandwidth=100e6, poll=0.05, slow_poll=0.25, heartbeat=1.0, pushes=True
+)
+# an object store: every call is an HTTP request, listings are paged and cost money
+_S3 = StoreProfile(latency=0.05, bandwidth=50e6, poll=0.5, slow_poll=2.0, heartbeat=5.0)
+# `ciflow serve`: long-poll waits wake at once
+_HTTP = StoreProfile(
+    latency=0.005, bandwidth=100e6, poll=0.05, slow_poll=0.25, heartbeat=1.0, pushes=True
+)
+
 BACKENDS: dict[str, Backend] = {
     b.scheme: b
     for b in (
@@ -77,6 +88,11 @@ BACKENDS: dict[str, Backend] = {
         Backend("github", ".github.artifacts:GitHubArtifactStore", _GITHUB, "github://"),
         Backend("github-cache", ".github.cache:GitHubCacheStore", _GITHUB_CACHE, "github-cache://"),
         Backend("memory", "..testing.memory:MemoryStore", _MEMORY, "memory://NAME"),
+        Backend("redis", ".redis:RedisStore", _REDIS, "redis://HOST:6379/0"),
+        Backend("rediss", ".redis:RedisStore", _REDIS, "rediss://HOST:6380/0"),
+        Backend("s3", ".s3:S3Store", _S3, "s3://BUCKET/PREFIX"),
+        Backend("http", ".http:HttpStore", _HTTP, "http://HOST:PORT (ciflow serve)"),
+        Backend("https", ".http:HttpStore", _HTTP, "https://HOST:PORT"),
     )
 }
 
