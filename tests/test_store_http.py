@@ -282,5 +282,17 @@ def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
              "--run-id", "nope"], capture_output=True, text=True, env=env, timeout=60,
         )  # fmt: skip
         assert proc.returncode == 0 and "run nope" in proc.stdout, proc.stderr
+        env.pop("CIFLOW_STORE_CA_FILE")  # the same through the command line's --ca-file
+        proc = subprocess.run(
+            [sys.executable, "-P", "-m", "ciflow", "--ca-file", str(cert), "status", "--store",
+             f"{served.url}/tls", "--run-id", "nope"], capture_output=True, text=True, env=env,
+            timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0 and "run nope" in proc.stdout, proc.stderr
+        proc = subprocess.run(
+            [sys.executable, "-P", "-m", "ciflow", "status", "--store", f"{served.url}/tls",
+             "--run-id", "nope"], capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     finally:
         assert served.stop() == 0

@@ -113,6 +113,15 @@ def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks for errors.", envvar="CIFLOW_DEBUG")
     ] = False,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            metavar="PEM",
+            help="Trust this CA for TLS stores (https://, rediss://, s3:// endpoints): sets "
+            "CIFLOW_STORE_CA_FILE (and AWS_CA_BUNDLE unless set).",
+        ),
+    ] = None,
 ) -> None:
     """Run a pipeline of CI modules on one machine or spread over many CI runners.
 
@@ -120,6 +129,13 @@ def _root(
     4 no such run in the store, 130 interrupted.
     """
     del debug  # read again by _Group.invoke when an error needs it
+    if ca_file is not None:
+        import os
+
+        if not ca_file.is_file():
+            raise typer.BadParameter(f"{ca_file} is not a file", param_hint="--ca-file")
+        os.environ["CIFLOW_STORE_CA_FILE"] = str(ca_file.resolve())
+        os.environ.setdefault("AWS_CA_BUNDLE", str(ca_file.resolve()))
 
 
 @app.command()
