@@ -10,7 +10,8 @@ run), ``s3://`` (moto's S3 API server) and ``http://`` (``ciflow serve``), each 
    the create call to ``wait`` returning), p50/p95 over ``--samples`` operations;
 2. **throughput** of 1,000 small creates from 8 processes (creates per second);
 3. a ``--blob-mb`` (default 1024) blob up (``create_from_file``) and down (``get_to_file``) in
-   a child process: MB/s each way and the child's peak RSS (``ru_maxrss``);
+   a child process: MB/s each way and the child's peak RSS (``VmHWM``: ``ru_maxrss`` would
+   carry the bench process's own peak over from the fork);
 4. ``ciflow dry-run --workers 4 --store URL`` on an STG graph (``bench/distributed.py``'s
    sleep pipelines): wall (first module start to last end, from the modules' log) over the
    plan's lower bound;
@@ -225,7 +226,9 @@ up = time.perf_counter() - t
 t = time.perf_counter(); store.get_to_file(key, __import__('pathlib').Path(dest))
 down = time.perf_counter() - t
 assert os.path.getsize(dest) == size
-print(size / up / 1e6, size / down / 1e6, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
+hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+print(size / up / 1e6, size / down / 1e6, hwm / 1024)
 """
 
 
