@@ -63,3 +63,32 @@ def emu(emulator: GitHubEmulator) -> Iterator[GitHubEmulator]:
     yield emulator
     emulator.faults = Faults()
     emulator.jobs_api = True
+
+
+@pytest.fixture(params=["file", "redis", "s3", "http"])
+def any_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """A store URL and the env its clients need, on a real server of each kind."""
+    kind = request.param
+    if kind == "file":
+        yield f"file://{tmp_path / 'store'}", {}
+    elif kind == "redis":
+        from redis_server import redis_server
+
+        with redis_server(tmp_path / "redis") as server:
+            yield server.url(), {}
+    elif kind == "s3":
+        from s3_server import MotoServer, aws_env, client
+
+        with MotoServer() as moto:
+            client(moto.url).create_bucket(Bucket="alone")
+            yield "s3://alone/run", aws_env(moto.url)
+    else:
+        from test_store_http import RW, serve
+
+        served = serve(tmp_path)
+        try:
+            yield served.url, {"CIFLOW_STORE_TOKEN": RW}
+        finally:
+            assert served.stop() == 0

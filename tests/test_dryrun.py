@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,35 +117,6 @@ def test_outputs_matching_a_link_out_of_the_workspace_fail_the_module_not_its_wo
     codes = re.search(r"worker exit codes: \[(\d+), (\d+)\]", out)
     assert codes is not None, out
     assert sorted(codes.groups()) == ["0", "1"]  # the one that ran it reports the failure
-
-
-@pytest.fixture(params=["file", "redis", "s3", "http"])
-def any_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[str, dict[str, str]]]:
-    """A store URL and the env its clients need, on a real server of each kind."""
-    kind = request.param
-    if kind == "file":
-        yield f"file://{tmp_path / 'store'}", {}
-    elif kind == "redis":
-        from redis_server import redis_server
-
-        with redis_server(tmp_path / "redis") as server:
-            yield server.url(), {}
-    elif kind == "s3":
-        from s3_server import MotoServer, aws_env, client
-
-        with MotoServer() as moto:
-            client(moto.url).create_bucket(Bucket="alone")
-            yield "s3://alone/run", aws_env(moto.url)
-    else:
-        from test_store_http import RW, serve
-
-        served = serve(tmp_path)
-        try:
-            yield served.url, {"CIFLOW_STORE_TOKEN": RW}
-        finally:
-            assert served.stop() == 0
 
 
 def test_a_module_that_runs_alone_runs_alone_on_every_store(

@@ -236,3 +236,17 @@ def test_concurrent_runs_storing_the_same_entries_both_succeed(project: Path) ->
     assert outcomes(run(project)) == {"build": "cached", "test": "cached", "report": "succeeded"}
     cache = Path(os.environ["CIFLOW_CACHE"])
     assert len(list((cache / "cache" / "1" / "build" / "data").iterdir())) == 1
+
+
+def test_the_cache_lives_on_any_store(project: Path, any_store: tuple[str, dict[str, str]]) -> None:
+    url, env = any_store
+    environ = {"CIFLOW_CACHE": url, **env}
+    first = run(project, env=environ)
+    assert {m["cache"] for m in first.values()} == {"miss: no entry", None}
+    shutil.rmtree(project / "build")
+    second = run(project, env=environ)
+    assert outcomes(second) == {"build": "cached", "test": "cached", "report": "succeeded"}
+    assert (project / "build" / "out.txt").read_text() == "HELLO\n"
+    plan = ciflow(project, "plan", "--workers", "2", env=environ)
+    assert "expected cache hits (2): build, test" in plan.stdout, plan.stdout + plan.stderr
+    assert "history: 1" in plan.stdout  # the durations the runs recorded in that store
