@@ -562,8 +562,8 @@ def test_the_shared_redis_is_the_one_the_store_urls_name() -> None:
 # --- running the examples' commands --------------------------------------------------------------
 
 #: the stores the local runs use: "file" (a folder), "redis" (tests/redis_server.py's server,
-#: with a password); an s3:// or http:// store is one more branch in `store`
-STORES = ["file", "redis"]
+#: with a password), "s3" (moto's server, tests/s3_server.py); http:// is one more branch
+STORES = ["file", "redis", "s3"]
 
 
 @dataclass(frozen=True)
@@ -573,13 +573,15 @@ class LocalStore:
     url: str  # without a password
     password: str | None = None
     full: str = ""  # the URL with the password in it
+    extra: tuple[tuple[str, str], ...] = ()  # what the store's clients need (AWS_* for moto)
 
     def env_of(self, job: Job) -> dict[str, str]:
         """``CIFLOW_STORE`` for ``job``; where the example's own secret sends the password
         (``CIFLOW_STORE_PASSWORD``), the store's password is that secret's value."""
         if "CIFLOW_STORE_PASSWORD" in job.env:
-            return {"CIFLOW_STORE": self.url, "CIFLOW_STORE_PASSWORD": self.password or ""}
-        return {"CIFLOW_STORE": self.full or self.url}
+            return {"CIFLOW_STORE": self.url, "CIFLOW_STORE_PASSWORD": self.password or "",
+                    **dict(self.extra)}  # fmt: skip
+        return {"CIFLOW_STORE": self.full or self.url, **dict(self.extra)}
 
 
 @pytest.fixture(params=STORES)
@@ -591,6 +593,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalStore
 
         with redis_server(tmp_path / "redis", password=uuid.uuid4().hex) as server:
             yield LocalStore(server.url(password=""), server.password, server.url())
+    elif request.param == "s3":
+        from s3_server import MotoServer, aws_env, client
+
+        with MotoServer() as moto:
+            client(moto.url).create_bucket(Bucket="examples")
+            yield LocalStore("s3://examples/ciflow", extra=tuple(aws_env(moto.url).items()))
     else:
         raise AssertionError(f"no such store: {request.param}")
 
@@ -671,10 +679,13 @@ def test_example_runs_locally_with_its_ci_variables(
     for module in MODULES:
         assert re.search(rf"^\s+{module}\s+succeeded\s", out, re.M), out
     keys = RunKeys(flow.run_id)  # the run id each job derived from its CI's variables
-    held = open_store(store.full or store.url)
-    assert held.get(keys.plan) is not None
-    assert len(held.list(keys.slots)) == len(flow.workers)
-    held.close()
+    with pytest.MonkeyPatch.context() as mp:  # this process is a client of the store too
+        for name, value in store.extra:
+            mp.setenv(name, value)
+        held = open_store(store.full or store.url)
+        assert held.get(keys.plan) is not None
+        assert len(held.list(keys.slots)) == len(flow.workers)
+        held.close()
     if flow.report is not None:
         report = json.loads((checkouts / flow.summary.name / flow.report).read_text())
         assert report["exit_code"] == 0 and report["run_id"] == flow.run_id
