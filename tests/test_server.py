@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -68,6 +69,18 @@ def test_a_bad_token_file_stops_the_server_before_it_listens(
     assert proc.returncode == ExitCode.USAGE, proc.stderr
     assert proc.stderr.startswith("ciflow: error: ") and proc.stderr.count("\n") == 1
     assert says in proc.stderr and "listening" not in proc.stderr
+
+
+def test_the_socket_listens_before_the_server_says_so() -> None:
+    """Clients that connect between "listening on" and uvicorn's start queue, not get refused."""
+    from ciflow.server.runner import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname(), timeout=5):
+            pass
+    finally:
+        sock.close()
 
 
 def test_serve_without_uvicorn_names_the_extra(tmp_path: Path) -> None:
@@ -325,10 +338,15 @@ def test_a_server_killed_mid_run_and_restarted_on_its_folder_loses_nothing(
         first.stop(signal.SIGKILL)
         time.sleep(1.0)
         second = serve(tmp_path, data=first.data, port=first.port)
-        out, _ = run.communicate(timeout=120)
+        try:
+            out, _ = run.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            second.stop(signal.SIGKILL)  # no server left behind by a failed test
+            raise
     finally:
         if run.poll() is None:
             run.kill()
+            run.communicate()
     assert second.stop() == 0
     assert run.returncode == 0, out
     assert "OK: 5 module(s): 5 succeeded" in out

@@ -24,6 +24,8 @@ __all__ = ["GRACE", "bind", "serve"]
 
 #: seconds in-flight requests get to finish after SIGTERM
 GRACE = 30
+#: connections the listening socket queues until they are accepted (uvicorn's default)
+BACKLOG = 2048
 #: seconds an idle keep-alive connection stays open (above the clients' pauses between calls)
 KEEP_ALIVE = 75
 
@@ -49,7 +51,11 @@ class _Server(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (port 0: a free one), `UsageError` if it cannot be."""
+    """A TCP socket listening on ``host:port`` (port 0: a free one), `UsageError` if it cannot be.
+
+    It listens at once, before "listening on" is said: clients that connect while uvicorn is
+    still starting wait in the backlog instead of being refused.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP: asyncio sets TCP_NODELAY on the accepted sockets only then; without it an
     # answer's body waits for the client's delayed ACK of its headers (~40 ms a call)
@@ -58,6 +64,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
