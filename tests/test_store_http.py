@@ -189,9 +189,10 @@ def test_compressed_bodies_round_trip(server: Served, tmp_path: Path, encoding: 
 # -- a server that is down ------------------------------------------------------------------
 
 
-def test_a_server_that_is_down_fails_after_the_bounded_retries(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bound", ["retry_for", "timeout"])  # ?timeout= as on redis:// and s3://
+def test_a_server_that_is_down_fails_after_the_bounded_retries(tmp_path: Path, bound: str) -> None:
     port = free_port()
-    with HttpStore(f"http://127.0.0.1:{port}?retry_for=1", env={}) as store:
+    with HttpStore(f"http://127.0.0.1:{port}?{bound}=1", env={}) as store:
         began = time.monotonic()
         with pytest.raises(
             StoreFlaky, match=r"list .. failed after \d+ attempts: connection"

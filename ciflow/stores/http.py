@@ -9,7 +9,8 @@ a retry of a create whose answer was lost 201 again, not 412. `Store.wait` is a 
 Configuration: the bearer token from ``CIFLOW_STORE_TOKEN`` (a token of the server's
 ``--token-file``), a CA bundle for a self-signed server from ``?ca_file=`` or
 ``CIFLOW_STORE_CA_FILE``, ``?encoding=zstd|gzip`` to compress bodies on the wire (default none:
-outputs are zstd archives already), ``?retry_for=SECONDS`` (default 30): how long one call keeps
+outputs are zstd archives already), ``?retry_for=SECONDS`` (or ``?timeout=``, as on the Redis and
+S3 stores; default 30): how long one call keeps
 retrying a server that does not answer or answers 5xx before it fails with `StoreFlaky`.
 A refused token (401, 403) or a certificate that does not verify is `StoreDenied`: one line,
 exit 2, never retried. A server whose disk refuses writes answers 507: `StoreUnavailable`.
@@ -64,7 +65,7 @@ COMPRESS_MIN = 1024
 RETRY_FOR = 30.0
 BACKOFF, BACKOFF_CAP = 0.25, 5.0
 TIMEOUT = (5.0, 60.0)
-_QUERY = frozenset({"ca_file", "encoding", "retry_for"})
+_QUERY = frozenset({"ca_file", "encoding", "retry_for", "timeout"})
 
 
 class CodecError(ValueError):
@@ -249,9 +250,10 @@ class HttpStore(Store):
             raise UsageError(f"{self.label}: ?encoding= takes zstd, gzip or identity")
         self.encoding = None if encoding == "identity" else encoding
         try:
-            retry_for = float(options.get("retry_for", RETRY_FOR))
+            # ?timeout= as on redis:// and s3:// (the same bound)
+            retry_for = float(options.get("retry_for", options.get("timeout", RETRY_FOR)))
         except ValueError:
-            raise UsageError(f"{self.label}: ?retry_for= takes seconds") from None
+            raise UsageError(f"{self.label}: ?retry_for= (?timeout=) takes seconds") from None
         session = _Session()
         session.label = self.label
         ca_file = options.get("ca_file") or env.get("CIFLOW_STORE_CA_FILE")
