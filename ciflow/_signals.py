@@ -21,14 +21,19 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def catching_signals(handler: Callable[[int], None], enabled: bool = True) -> Iterator[None]:
     """Call ``handler(signum)`` on a stop signal inside the block; restore the old handlers.
 
+    Once a stop signal arrived, the block ends with the stop signals ignored instead: the
+    process is on its way out, and a second signal (GitHub sends SIGTERM after SIGINT) must not
+    kill it before it writes its last records and exits with its own code.
     Does nothing off the main thread (Python only delivers signals there) or when disabled.
     The handler runs between bytecodes of the main thread: keep it to setting flags.
     """
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         handler(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
@@ -36,7 +41,7 @@ def catching_signals(handler: Callable[[int], None], enabled: bool = True) -> It
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, signal.SIG_IGN if received else old)
 
 
 def _interrupt(signum: int) -> None:
