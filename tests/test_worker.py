@@ -808,7 +808,11 @@ def test_a_signal_while_registering_on_a_slow_store_ends_the_worker_at_once(
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **emu.env("41", "work-0")},
         )  # fmt: skip
-        time.sleep(1.5)  # started, and inside its first store calls
+        deadline = time.monotonic() + 30  # a loaded machine starts Python slowly
+        while not sum(emu.calls.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum(emu.calls.values()), "the worker never called the store"
+        time.sleep(0.3)  # inside its first store call (each takes 3 s)
         for sig in signals:
             proc.send_signal(sig)
             time.sleep(0.1)
