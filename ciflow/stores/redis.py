@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from ..errors import UsageError
-from .base import Store, StoreDenied, StoreError, StoreFlaky, check_key
+from .base import Sink, Store, StoreDenied, StoreError, StoreFlaky, check_key, into_file
 
 if TYPE_CHECKING:
     import redis
@@ -263,22 +263,20 @@ class RedisStore(Store):
         self.stats.add("get_to_file")
         if (head := self._head(key)) is None:
             return False
-        path = Path(path)
-        tmp = path.with_name(f".{path.name[:120]}.part~{secrets.token_hex(8)}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "xb") as fh:
-                for piece in [head] if isinstance(head, bytes) else self._pieces(key, head):
-                    fh.write(piece)
-            os.replace(tmp, path)
-        except KeyError:  # deleted while read
-            return False
-        except OSError as exc:
-            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        return True
+        pieces = [head] if isinstance(head, bytes) else self._pieces(key, head)
+
+        def fetch(sink: Sink) -> bool:
+            write = sink()
+            try:
+                for piece in pieces:
+                    write(piece)
+            except KeyError:  # deleted while read
+                return False
+            except OSError as exc:
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            return True
+
+        return into_file(Path(path), fetch)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` has a value: one ``EXISTS``."""
