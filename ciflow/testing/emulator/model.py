@@ -152,6 +152,18 @@ class _Who(NamedTuple):
     scopes: tuple[CacheScope, ...] = ()
 
 
+def backend_run(run_id: str, attempt: int) -> str:
+    """The workflow run backend id of one attempt in the emulator's tokens.
+
+    Attempt 1 keeps the run id; attempt N is ``<run>-attempt<N>``. GitHub's runtime token names
+    a backend id per attempt, and the artifact service answers a job for its own attempt only
+    (a job of attempt 2 does not find attempt 1's artifacts: docs/architecture.md, "Re-runs").
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt must be 1 or more, not {attempt}")
+    return run_id if attempt == 1 else f"{run_id}-attempt{attempt}"
+
+
 def full_ref(ref: str) -> str:
     """``refs/heads/<ref>`` for a branch name; a full ref (``refs/...``) as it is."""
     return ref if ref.startswith("refs/") else f"refs/heads/{_check_id(ref, 'ref')}"

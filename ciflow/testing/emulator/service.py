@@ -38,6 +38,7 @@ from .model import (
     _unb64url,
     _Who,
     access_claim,
+    backend_run,
     parse_access,
     ref_env,
 )
@@ -166,15 +167,23 @@ class GitHubEmulator(TwirpMethods):
 
     # -- identities ------------------------------------------------------------------------------
     def token(
-        self, run_id: str, job_id: str, *, ref: str | None = None, base_ref: str | None = None
+        self,
+        run_id: str,
+        job_id: str,
+        *,
+        ref: str | None = None,
+        base_ref: str | None = None,
+        attempt: int = 1,
     ) -> str:
         """An HS256 JWT like the runner's, ``scp`` carrying ``Actions.Results:<run>:<job>``.
 
         Its ``ac`` claim gives the job's cache scopes: ``ref`` (a branch name or a full ref,
         default the default branch) read/write, then read-only ``base_ref`` (a pull request's
-        base branch) and the default branch.
+        base branch) and the default branch. The run's backend id names the attempt
+        (`backend_run`): each attempt of a workflow run has its own artifacts.
         """
-        run, job = _check_id(run_id, "run_id"), _check_id(job_id, "job_id")
+        run = backend_run(_check_id(run_id, "run_id"), attempt)
+        job = _check_id(job_id, "job_id")
         now = int(time.time())
         claims = {
             "scp": f"Actions.GenericRead:00000000-0000-0000-0000-000000000000 "
@@ -192,7 +201,13 @@ class GitHubEmulator(TwirpMethods):
         return f"{head}.{body}.{_b64url(sig)}"
 
     def env(
-        self, run_id: str, job_id: str, *, ref: str | None = None, base_ref: str | None = None
+        self,
+        run_id: str,
+        job_id: str,
+        *,
+        ref: str | None = None,
+        base_ref: str | None = None,
+        attempt: int = 1,
     ) -> dict[str, str]:
         """The variables a runner gives a JavaScript action for these services (one job).
 
@@ -200,9 +215,10 @@ class GitHubEmulator(TwirpMethods):
         runtime variables: ``GITHUB_API_URL``/``GITHUB_REPOSITORY``/``GITHUB_TOKEN`` for the
         REST jobs API, and ``CIFLOW_JOB_ID``, what the reusable action exports from
         ``job.check_run_id``. ``ref`` and ``base_ref`` go into the token (see `token`) and,
-        when given, into ``GITHUB_REF``/``GITHUB_REF_NAME`` and ``GITHUB_BASE_REF``.
+        when given, into ``GITHUB_REF``/``GITHUB_REF_NAME`` and ``GITHUB_BASE_REF``. ``attempt``
+        is ``GITHUB_RUN_ATTEMPT``: a job of "Re-run failed jobs" is the same job id in attempt 2.
         """
-        job = self._start_job(run_id, job_id)
+        job = self._start_job(run_id, job_id, attempt)
         return {
             **ref_env(ref, base_ref),
             "GITHUB_API_URL": self.url,
@@ -213,12 +229,14 @@ class GitHubEmulator(TwirpMethods):
             "ACTIONS_RESULTS_URL": self.url,
             "ACTIONS_RUNTIME_URL": self.url,
             "ACTIONS_CACHE_URL": self.url,
-            "ACTIONS_RUNTIME_TOKEN": self.token(run_id, job_id, ref=ref, base_ref=base_ref),
+            "ACTIONS_RUNTIME_TOKEN": self.token(
+                run_id, job_id, ref=ref, base_ref=base_ref, attempt=attempt
+            ),
             "ACTIONS_CACHE_SERVICE_V2": "True",
             "GITHUB_SERVER_URL": "https://github.com",
             "GITHUB_ACTIONS": "true",
             "GITHUB_RUN_ID": run_id,
-            "GITHUB_RUN_ATTEMPT": "1",
+            "GITHUB_RUN_ATTEMPT": str(attempt),
             "GITHUB_JOB": job_id,
         }
 
@@ -232,15 +250,17 @@ class GitHubEmulator(TwirpMethods):
             self._rest_tokens[token] = run_id
             return token
 
-    def _start_job(self, run_id: str, job_id: str) -> dict[str, Any]:
+    def _start_job(self, run_id: str, job_id: str, attempt: int = 1) -> dict[str, Any]:
+        """The jobs API record of a job in one attempt (a re-run job gets a new id)."""
         with self._lock:
             jobs = self._jobs.setdefault(run_id, {})
-            if job_id not in jobs:
+            name = job_id if attempt == 1 else f"{job_id}#{attempt}"
+            if name not in jobs:
                 number = next(self._job_numbers)
-                jobs[job_id] = {
+                jobs[name] = {
                     "id": number,
                     "run_id": run_id,
-                    "run_attempt": 1,
+                    "run_attempt": attempt,
                     "name": job_id,
                     "status": "in_progress",
                     "conclusion": None,
@@ -248,11 +268,13 @@ class GitHubEmulator(TwirpMethods):
                     "completed_at": None,
                     "runner_name": f"GitHub Actions {number % 1000}",
                 }
-            return jobs[job_id]
+            return jobs[name]
 
-    def finish_job(self, run_id: str, job_id: str, conclusion: str = "failure") -> None:
+    def finish_job(
+        self, run_id: str, job_id: str, conclusion: str = "failure", attempt: int = 1
+    ) -> None:
         """Mark a job ``completed`` in the jobs API, as GitHub does when its runner ends it."""
-        job = self._start_job(run_id, job_id)
+        job = self._start_job(run_id, job_id, attempt)
         with self._lock:
             job.update(
                 status="completed", conclusion=conclusion, completed_at=_rfc3339(time.time())
