@@ -883,3 +883,43 @@ def test_a_worker_whose_slot_was_given_up_runs_its_modules_through_claims(
     names = load_pipeline(file).order
     assert all(store.get(keys.claim(n, 2)) is not None for n in names)  # claimed, not assumed
     assert all(r.outcome is Outcome.SUCCEEDED for r in read_run(store, keys, names).records)
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (("retries=0", "retries=3"), "retries"),
+        (('depends_on=["a"]', "depends_on=[]"), "depends_on"),
+    ],
+)
+def test_a_worker_refuses_a_pipeline_edited_since_the_plan(
+    tmp_path: Path, edit: tuple[str, str], field: str
+) -> None:
+    text = """
+import ciflow
+
+@ciflow.module(name="a")
+def a(ctx) -> int:
+    return 1
+
+@ciflow.module(name="b", depends_on=["a"], retries=0)
+def b(ctx) -> int:
+    return 2
+"""
+    file = tmp_path / "ciflow.py"
+    file.write_text(text)
+    url = f"file://{tmp_path / 'store'}"
+    plan = runner.invoke(
+        app, ["plan", "-f", str(file), "--store", url, "--run-id", "edited", "--workers", "1"]
+    )
+    assert plan.exit_code == 0, plan.stderr
+    file.write_text(text.replace(*edit))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ciflow", "worker", "-f", str(file), "--store", url,
+         "--run-id", "edited", "--slot", "0", *FAST],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    line = f"module 'b' differs from the plan: its {field} changed since `ciflow plan` ran"
+    assert line in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._signals import catching_signals
-from ..errors import CiflowError, ExitCode, Interrupted, RequirementError
+from ..errors import CiflowError, ExitCode, Interrupted, RequirementError, UsageError
 from ..model.pipeline import Pipeline
 from ..model.requirements import Capabilities, unmet
+from ..model.spec import changed_field
 from ..planning.planner import DistributedExecutionPlan
 from ..providers.registry import current
 from ..stores.base import Store, StoreError
@@ -289,9 +290,17 @@ class Worker:
             )
         for name in plan.inputs.modules:
             if name not in self.pipeline.modules:
-                raise CiflowError(
+                raise UsageError(
                     f"the plan names module {name!r}, which the pipeline file does not "
                     "define: plan and workers must use the same pipeline"
+                )
+            planned = plan.inputs.specs.get(name)
+            field = None if planned is None else changed_field(planned, self.pipeline[name])
+            if field is not None:
+                raise UsageError(
+                    f"module {name!r} differs from the plan: its {field} changed since "
+                    "`ciflow plan` ran; plan and workers must use the same pipeline file "
+                    "(re-run the plan job, or check out the commit the plan was made from)"
                 )
         problems = unmet(self.pipeline.modules, [m.name for m in mine.modules], self.caps)
         if problems:

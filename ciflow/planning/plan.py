@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .costs import ModuleCost, Transfer
 from .pools import RunnerPool
@@ -60,6 +60,8 @@ class PlanInputs(BaseModel):
     pools: list[RunnerPool]
     transfer: Transfer
     affinity_tolerance: float
+    #: per module `ciflow.model.spec.spec_digest`: a worker refuses a pipeline whose spec changed
+    specs: dict[str, str] = Field(default_factory=dict)
 
 
 class DistributedExecutionPlan(BaseModel):
@@ -74,6 +76,8 @@ class DistributedExecutionPlan(BaseModel):
     algorithm: str
     slots: list[PlannedSlot]
     inputs: PlanInputs
+    #: the CI run attempt the plan was made in: a worker of a later attempt resumes the run
+    attempt: int = Field(default=1, ge=1)
 
     @field_validator("schema_version")
     @classmethod
