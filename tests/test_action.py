@@ -270,8 +270,8 @@ def test_action_metadata(action: dict[str, Any]) -> None:
     assert inputs["pipeline-file"]["default"] == "ciflow.py"
     assert inputs["python-version"]["default"] == "3.12"
     assert inputs["ciflow-version"]["default"] == ""
-    assert inputs["run-id"]["default"] == "${{ github.run_id }}-${{ github.run_attempt }}"
-    for name in ("matrix", "workers", "plan", "report"):
+    assert inputs["run-id"]["default"] == ""  # ciflow decides: the plan's `<run>-<attempt>`
+    for name in ("matrix", "workers", "run-id", "plan", "report"):
         assert action["outputs"][name]["value"] == f"${{{{ steps.run.outputs.{name} }}}}"
     assert action["runs"]["using"] == "composite"
 
@@ -293,10 +293,15 @@ def test_action_steps(action: dict[str, Any]) -> None:
     script = script_step["with"]["script"]
     for name in ("ACTIONS_RESULTS_URL", "ACTIONS_RUNTIME_TOKEN", "ACTIONS_CACHE_URL"):
         assert name in script
-    assert "core.exportVariable" in script and "process.env" in script
+    assert "core.setOutput" in script and "process.env" in script
+    # the token reaches the ciflow step only: never exported to the job's later steps
+    assert "exportVariable" not in script
+    run_env = _step(action, "run")["env"]
+    assert run_env["ACTIONS_RUNTIME_TOKEN"] == "${{ steps.runtime.outputs.actions_runtime_token }}"
+    assert run_env["ACTIONS_RESULTS_URL"] == "${{ steps.runtime.outputs.actions_results_url }}"
     assert script_step["if"] == "inputs.store == '' || startsWith(inputs.store, 'github')"
     order = [s.get("id") or s.get("uses", "") for s in steps]
-    assert order.index(script_step["uses"]) < order.index("run")
+    assert order.index("runtime") < order.index("run")
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
@@ -308,7 +313,7 @@ def test_github_script_exports_the_runtime_variables(
     harness = (
         "const calls = [];\n"
         "const core = {\n"
-        "  exportVariable: (k, v) => calls.push(['export', k, v]),\n"
+        "  setOutput: (k, v) => calls.push(['output', k, v]),\n"
         "  setSecret: (v) => calls.push(['secret', v]),\n"
         "  warning: (m) => calls.push(['warning', m]),\n"
         "};\n"
@@ -326,13 +331,14 @@ def test_github_script_exports_the_runtime_variables(
 
     calls = run({"ACTIONS_RESULTS_URL": "https://results/", "ACTIONS_RUNTIME_TOKEN": "tok",
                  "ACTIONS_CACHE_URL": "https://cache/"})  # fmt: skip
-    assert ["export", "ACTIONS_RESULTS_URL", "https://results/"] in calls
-    assert ["export", "ACTIONS_RUNTIME_TOKEN", "tok"] in calls
-    assert ["export", "ACTIONS_CACHE_URL", "https://cache/"] in calls
-    assert ["secret", "tok"] in calls
+    assert ["output", "actions_results_url", "https://results/"] in calls
+    assert ["output", "actions_runtime_token", "tok"] in calls
+    assert ["output", "actions_cache_url", "https://cache/"] in calls
+    # masked before it is handed on
+    assert calls.index(["secret", "tok"]) < calls.index(["output", "actions_runtime_token", "tok"])
     assert not [c for c in calls if c[0] == "warning"]
     calls = run({"ACTIONS_RESULTS_URL": "https://results/"})
-    assert [c[1] for c in calls if c[0] == "export"] == ["ACTIONS_RESULTS_URL"]
+    assert [c[1] for c in calls if c[0] == "output"] == ["actions_results_url"]
     assert [c for c in calls if c[0] == "warning" and "ACTIONS_RUNTIME_TOKEN" in c[1]]
 
 
@@ -415,6 +421,8 @@ class Runner:
                 return self.expand(str(default), inputs, steps)
             if name in steps:
                 return steps[name]
+            if name.startswith("steps."):
+                return ""  # a step that did not run (or set nothing) gives empty outputs
             return GITHUB[name]
 
         return re.sub(r"\$\{\{\s*([\w.-]+)\s*\}\}", one, value)
@@ -463,8 +471,7 @@ def test_plan_command_line_and_outputs(runner: Runner) -> None:
     assert proc.returncode == 0, proc.stderr
     plan = str(runner.temp / "ciflow" / "plan.json")
     assert calls == [
-        ["plan", "-f", "ciflow.py", "--workers", "4", "--out", plan,
-         "--store", "github://", "--run-id", "4242-2"]
+        ["plan", "-f", "ciflow.py", "--workers", "4", "--out", plan, "--store", "github://"]
     ]  # fmt: skip
     assert outputs == {
         "matrix": '{"include":[{"slot":0,"runs-on":"ubuntu-latest"}]}',
@@ -498,7 +505,7 @@ def test_summary_command_line_and_exit_code(runner: Runner) -> None:
     proc, calls, outputs = runner.run("run", fake_exit=1, command="summary")
     report = str(runner.temp / "ciflow" / "report.json")
     assert proc.returncode == 1  # a failed module fails the summary job too
-    assert calls == [["summary", "--report", report, "--store", "github://", "--run-id", "4242-2"]]
+    assert calls == [["summary", "--report", report, "--store", "github://"]]
     assert outputs == {"report": report}  # written even though the command failed
 
 

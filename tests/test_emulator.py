@@ -416,13 +416,142 @@ def test_delete_frees_the_name(emu: GitHubEmulator) -> None:
     assert _finalize(emu, "tmp", b"2") != first
 
 
-def test_artifact_limit_per_job(emu: GitHubEmulator) -> None:
+def test_artifact_limit_counts_creations_per_job_deleted_ones_too(emu: GitHubEmulator) -> None:
     emu.artifact_limit = 2
-    _create(emu, "a1")
+    _put_blocks(_create(emu, "a1"), [("b", b"1")], ["b"])
+    _finalize(emu, "a1", b"1")
+    assert _rpc(emu, "DeleteArtifact", {**_ids(), "name": "a1"}).status_code == 200
     _create(emu, "a2")
     resp = _rpc(emu, "CreateArtifact", {**_ids(), "name": "a3"})
     assert resp.status_code == 412 and resp.json()["code"] == "failed_precondition"
-    _create(emu, "b1", job="job-b")
+    assert "limit of 2 artifacts" in resp.json()["msg"]
+    assert emu.creations(RUN, "job-a") == 2
+    _create(emu, "b1", job="job-b")  # another job has its own budget
+    # a refused create (a 409) is no creation
+    assert (
+        _rpc(emu, "CreateArtifact", {**_ids("job-b"), "name": "a2"}, job="job-b").status_code == 409
+    )
+    assert emu.creations(RUN, "job-b") == 1
+
+
+def test_version_mime_type_and_expiry_are_recorded(emu: GitHubEmulator) -> None:
+    stamp = "2099-01-01T00:00:00.5Z"
+    emu.clock_offset = _epoch(stamp) - time.time() - 3 * 86400  # "now" is 3 days before
+    body = {
+        **_ids(),
+        "name": "r",
+        "version": 7,
+        "mime_type": "application/zip",
+        "expires_at": stamp,
+    }
+    assert _rpc(emu, "CreateArtifact", body).status_code == 200
+    _rpc(emu, "CreateArtifact", {**_ids(), "name": "old", "version": 4})
+    by_name = {a["name"]: a for a in emu.artifacts(RUN)}
+    assert (by_name["r"]["version"], by_name["r"]["mime_type"]) == (7, "application/zip")
+    assert by_name["r"]["expires_at"] == "2099-01-01T00:00:00.500000Z"
+    assert by_name["old"]["mime_type"] is None  # none sent: the repository's 90 days
+    assert _epoch(by_name["old"]["expires_at"]) - emu._now() == pytest.approx(90 * 86400, abs=5)
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize("days", [0.5, 91, -1])
+def test_retention_outside_1_to_90_days_is_invalid_argument(
+    emu: GitHubEmulator, days: float
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    when = datetime.now(UTC) + timedelta(days=days)
+    body = {**_ids(), "name": "r", "expires_at": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    resp = _rpc(emu, "CreateArtifact", body)
+    assert resp.status_code == 400 and resp.json()["code"] == "invalid_argument"
+    assert "between 1 and 90 days" in resp.json()["msg"] and emu.creations(RUN, "job-a") == 0
+
+
+def test_expired_artifacts_are_gone(emu: GitHubEmulator) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    when = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    url = _rpc(emu, "CreateArtifact", {**_ids(), "name": "e", "expires_at": when}).json()
+    _put_blocks(url["signed_upload_url"], [("b", b"1")], ["b"])
+    _finalize(emu, "e", b"1")
+    assert [a["name"] for a in _list(emu)] == ["e"]
+    emu.advance(86400 + 60)
+    assert _list(emu) == [] and _list(emu, name_filter="e") == []
+    assert _rpc(emu, "GetSignedArtifactURL", {**_ids(), "name": "e"}).status_code == 404
+    _create(emu, "e")  # the name is free again
+
+
+def test_unfinalized_artifacts_under_each_setting(emu: GitHubEmulator) -> None:
+    _create(emu, "held")  # never finalized
+    assert _list(emu) == [] and _list(emu, name_filter="held") == []
+    emu.unfinalized_listed = True
+    [art] = _list(emu)
+    assert (art["name"], art["size"], "digest" in art) == ("held", "0", False)
+    emu.unfinalized_reserves_name = False
+    url = _create(emu, "held", job="job-b")  # the name is free until finalized
+    _put_blocks(url, [("b", b"b")], ["b"])
+    _finalize(emu, "held", b"b", job="job-b")
+    resp = _rpc(emu, "FinalizeArtifact", {**_ids(), "name": "held", "size": "0"})
+    assert resp.status_code in (404, 409)  # nothing uploaded, and the name is taken now
+    assert _rpc(emu, "CreateArtifact", {**_ids(), "name": "held"}).status_code == 409
+    emu.unfinalized_deletable = False
+    _create(emu, "other")
+    assert _rpc(emu, "DeleteArtifact", {**_ids(), "name": "other"}).status_code == 404
+    emu.unfinalized_deletable = True
+    assert _rpc(emu, "DeleteArtifact", {**_ids(), "name": "other"}).status_code == 200
+
+
+def test_a_list_limit_answers_the_newest_artifacts_and_lookups_whole(
+    emu: GitHubEmulator,
+) -> None:
+    for i in range(6):
+        _put_blocks(_create(emu, f"n{i}"), [("b", b"x")], ["b"])
+        _finalize(emu, f"n{i}", b"x")
+    emu.list_limit = 10
+    assert len(_list(emu)) == 6
+    emu.list_limit = 4
+    assert [a["name"] for a in _list(emu)] == ["n2", "n3", "n4", "n5"]
+    assert [a["name"] for a in _list(emu, name_filter="n0")] == ["n0"]
+    emu.list_limit = 0
+    assert _list(emu) == []
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_artifacts_of_earlier_attempts(emu: GitHubEmulator, across: bool) -> None:
+    emu.artifacts_across_attempts = across
+    _put_blocks(_create(emu, "first"), [("b", b"1")], ["b"])
+    _finalize(emu, "first", b"1")
+    token = emu.token(RUN, "job-a", attempt=2)
+    second = {"workflow_run_backend_id": f"{RUN}-attempt2", "workflow_job_run_backend_id": "job-a"}
+    listed = _rpc(emu, "ListArtifacts", second, token=token).json()["artifacts"]
+    assert [a["name"] for a in listed] == (["first"] if across else [])
+    url = _rpc(emu, "GetSignedArtifactURL", {**second, "name": "first"}, token=token)
+    assert url.status_code == (200 if across else 404)
+    again = _rpc(emu, "CreateArtifact", {**second, "name": "first"}, token=token)
+    assert again.status_code == (409 if across else 200)
+
+
+def test_storage_quota_flag(emu: GitHubEmulator) -> None:
+    emu.storage_quota_hit = True
+    resp = _rpc(emu, "CreateArtifact", {**_ids(), "name": "q"})
+    assert resp.status_code == 429 and "insufficient usage" in resp.json()["msg"]
+    assert emu.creations(RUN, "job-a") == 0
+
+
+def test_official_client_sends_version_7_and_mime_type(emu: GitHubEmulator, tmp_path: Path) -> None:
+    src = tmp_path / "a"
+    src.mkdir()
+    (src / "x.txt").write_text("x\n")
+    up = _node("artifact.mjs", [["upload", "v7", str(src), str(src / "x.txt")]],
+               emu.env(RUN, "job-a"), src)  # fmt: skip
+    assert up[0]["ok"], up
+    [art] = emu.artifacts(RUN)
+    assert (art["version"], art["mime_type"], art["finalized"]) == (7, "application/zip", True)
 
 
 # -- blobs ---------------------------------------------------------------------------------------
@@ -835,6 +964,51 @@ def test_cli_branch_options(tmp_path: Path) -> None:
         )
         hit = call("GetCacheEntryDownloadURL", key="k", restore_keys=["k"], version="v")
         assert hit["matched_key"] == "k"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_cli_artifact_behaviour_flags() -> None:
+    from ciflow.testing.emulator.cli import _configure, _parser
+
+    flags = ["--unfinalized-frees-name", "--unfinalized-undeletable", "--unfinalized-listed",
+             "--list-limit", "3", "--artifacts-across-attempts", "--artifact-limit", "7",
+             "--storage-quota-hit"]  # fmt: skip
+    emu, default = GitHubEmulator(), GitHubEmulator()
+    _configure(emu, _parser().parse_args(flags))
+    _configure(default, _parser().parse_args([]))
+    names = [
+        "unfinalized_reserves_name", "unfinalized_deletable", "unfinalized_listed", "list_limit",
+        "artifacts_across_attempts", "artifact_limit", "storage_quota_hit",
+    ]  # fmt: skip
+    assert [getattr(emu, n) for n in names] == [False, False, True, 3, True, 7, True]
+    assert [getattr(default, n) for n in names] == [True, True, False, None, False, 500, False]
+    with pytest.raises(ValueError, match="--list-limit"):
+        _configure(emu, _parser().parse_args(["--list-limit", "-1"]))
+
+
+def test_cli_serves_the_storage_quota_error(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ciflow.testing.emulator", "--run-id", "q", "--storage-quota-hit"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        env: dict[str, str] = {}
+        while "GITHUB_JOB" not in env:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            name, _, value = line.removeprefix("export ").strip().partition("=")
+            env[name] = value.strip("'")
+        resp = requests.post(
+            f"{env['ACTIONS_RESULTS_URL']}twirp/{ARTIFACT_SERVICE}/CreateArtifact",
+            json={"workflow_run_backend_id": "q", "workflow_job_run_backend_id": "local-job",
+                  "name": "x", "version": 7},
+            headers={"Authorization": f"Bearer {env['ACTIONS_RUNTIME_TOKEN']}"}, timeout=10,
+        )  # fmt: skip
+        assert resp.status_code == 429 and "insufficient usage" in resp.json()["msg"]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)

@@ -85,3 +85,80 @@ def test_a_beat_stuck_retrying_does_not_hold_up_the_next() -> None:
     time.sleep(0.2)  # the beats in flight land
     left = open_store(name).list(KEYS.alive_prefix)
     assert len(left) == 1 and KEYS.alive("w", 1) not in left  # the late first beat was dropped
+
+
+def test_heartbeats_thin_out_then_stop_as_the_store_runs_out_of_creations() -> None:
+    """Where the store counts the records it may still create, the last ``reserve`` are kept
+    for the worker's own: below twice that, one beat every ``longest``; at it, none."""
+    import threading
+    import time
+
+    from ciflow.distributed.liveness import HeartbeatThread
+
+    store = open_store(f"memory://live-{secrets.token_hex(4)}")
+    left = [100]
+    store.creations_left = lambda: left[0]  # type: ignore[attr-defined]
+    said: list[str] = []
+    beats = HeartbeatThread(
+        store, KEYS, "w", interval=0.01, reserve=5, longest=0.02, say=said.append, at_once=True
+    )
+    written = threading.Event()
+    create = store.create
+
+    def counting(key: str, data: bytes, *, sole: bool = False) -> bool:
+        written.set()
+        return create(key, data, sole=sole)
+
+    store.create = counting  # type: ignore[method-assign]
+
+    def settle(n: int) -> int:
+        """Wait until ``n`` more ticks passed (each lands or is skipped); the beats written."""
+        start = beats.seq
+        deadline = time.monotonic() + 10
+        while beats.seq < start + n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return beats.seq
+
+    beats.start()
+    try:
+        assert settle(3) >= 3 and beats.interval == 0.01 and said == []
+        left[0] = 8  # below twice the reserve: thinned
+        settle(2)
+        assert beats.interval == 0.02
+        thinned = "heartbeats thinned to one every 0.02s: 8 record creations left in the store"
+        assert said == [thinned]
+        left[0] = 5  # at the reserve: no more beats
+        deadline = time.monotonic() + 10
+        while len(said) < 2 and time.monotonic() < deadline:  # a tick that refused to beat
+            time.sleep(0.005)
+        assert said[1] == (
+            "heartbeats stop: 5 record creations left in the store, kept for this worker's results"
+        )
+        time.sleep(0.1)  # a beat launched just before that tick lands
+        stopped = beats.seq
+        written.clear()
+        time.sleep(0.2)  # ten intervals
+        assert beats.seq == stopped and not written.is_set()
+        assert len(said) == 2  # each said once
+    finally:
+        beats.stop()
+        beats.join(timeout=5)
+
+
+def test_a_store_that_does_not_count_creations_is_never_thinned() -> None:
+    import time
+
+    from ciflow.distributed.liveness import HeartbeatThread
+
+    store = open_store(f"memory://live-{secrets.token_hex(4)}")
+    beats = HeartbeatThread(store, KEYS, "w", interval=0.01, reserve=10**9)
+    assert beats.paced() and beats.interval == 0.01
+    beats.start()
+    try:
+        deadline = time.monotonic() + 10
+        while beats.seq < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert beats.seq >= 5
+    finally:
+        beats.stop()
+        beats.join(timeout=5)

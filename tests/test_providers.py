@@ -44,7 +44,7 @@ from ciflow.providers.registry import detect_job
         ),
         (
             {"GITHUB_ACTIONS": "true", "GITHUB_RUN_ID": "123", "GITHUB_RUN_ATTEMPT": "2"},
-            JobInfo("GitHub Actions", None, None, "123-2"),
+            JobInfo("GitHub Actions", None, None, "123-2", 2),
         ),
         ({}, JobInfo("none", None, None, None)),
         (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -343,6 +344,79 @@ def test_zero_length_tasks_replay_in_dependency_order() -> None:
     assert simulate(problem, schedule, [0.0, 0.0, 2.0]).static == 2
 
 
+# --------------------------------------------------------------------------- slot capacity
+
+
+@st.composite
+def loaded(draw: st.DrawFn) -> Problem:
+    """Random problems whose tasks carry loads, with a slot capacity greedy placement can keep:
+    every slot eligible, and room for the largest load once the load is spread evenly."""
+    base = draw(problems())
+    tasks = tuple(
+        dataclasses.replace(t, slots=None, load=draw(st.integers(0, 5))) for t in base.tasks
+    )
+    total, top = sum(t.load for t in tasks), max((t.load for t in tasks), default=0)
+    capacity = -(-total // base.slots) + top + draw(st.integers(0, 2))
+    return dataclasses.replace(base, tasks=tasks, slot_capacity=capacity)
+
+
+@quick
+@given(loaded())
+def test_every_algorithm_keeps_the_slot_capacity(problem: Problem) -> None:
+    for schedule in (plan(problem, **FAST), heft(problem), round_robin(problem)):
+        assert violations(problem, schedule) == []
+
+
+@quick
+@given(loaded())
+def test_a_capacity_that_cannot_bind_changes_nothing(problem: Problem) -> None:
+    free = dataclasses.replace(problem, slot_capacity=None)
+    roomy = dataclasses.replace(problem, slot_capacity=sum(t.load for t in problem.tasks))
+    assert plan(roomy, **FAST) == plan(free, **FAST)
+
+
+def _skewed(capacity: int | None) -> Problem:
+    """A chain of 10 long tasks and 200 short ones, each of load 3, on 2 slots."""
+    chain = [Task(f"c{i}", 60, (i - 1,) if i else (), load=3) for i in range(10)]
+    short = [Task(f"s{i}", 1, load=3) for i in range(200)]
+    return Problem(tuple(chain + short), 2, slot_capacity=capacity)
+
+
+def _loads(problem: Problem, schedule: Schedule) -> list[int]:
+    used = [0] * problem.slots
+    for task, place in zip(problem.tasks, schedule.placements, strict=True):
+        used[place.slot] += task.load
+    return used
+
+
+def test_a_full_slot_passes_modules_to_the_others_at_some_cost_in_time() -> None:
+    free = plan(_skewed(None))
+    assert max(_loads(_skewed(None), free)) == 600  # every short task beside the chain
+    capped = _skewed(438)
+    schedule = plan(capped)
+    assert violations(capped, schedule) == []
+    assert max(_loads(capped, schedule)) <= 438
+    assert free.makespan == 600 < schedule.makespan <= 1.05 * free.makespan  # measured: 616
+
+
+def test_affinity_gives_way_to_the_slot_capacity() -> None:
+    tasks = [Task(f"t{i}", 1, (i - 1,) if i else (), (1.0,) if i else (), affinity="g", load=2)
+             for i in range(6)]  # fmt: skip
+    problem = Problem(tuple(tasks), 2, slot_capacity=6)
+    free = plan(dataclasses.replace(problem, slot_capacity=None))
+    assert {p.slot for p in free.placements} == {0}  # together, as nothing stops it
+    for schedule in (plan(problem), heft(problem)):
+        assert violations(problem, schedule) == []
+        assert _loads(problem, schedule) == [6, 6]
+
+
+def test_when_nothing_fits_the_load_is_spread_evenly() -> None:
+    problem = Problem(tuple(Task(f"t{i}", 1 + i % 3, load=1) for i in range(10)), 2, {}, 0.05, 4)
+    schedule = plan(problem)
+    assert _loads(problem, schedule) == [5, 5]
+    assert sum("above the capacity 4" in v for v in violations(problem, schedule)) == 2
+
+
 # --------------------------------------------------------------------------- input and checks
 
 
@@ -369,12 +443,18 @@ def test_violations_names_each_broken_rule() -> None:
         ((Task("a", 1, slots=frozenset({3})),), 2, "eligible slots"),
         ((Task("a", 1, limits=("gpu",)),), 1, "unknown limit"),
         ((Task("a", -1),), 1, "duration"),
+        ((Task("a", 1, load=-1),), 1, "load must be >= 0"),
         ((), 0, "at least one slot"),
     ],
 )
 def test_bad_problems_are_refused(tasks: tuple[Task, ...], slots: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Problem(tasks, slots)
+
+
+def test_a_negative_slot_capacity_is_refused() -> None:
+    with pytest.raises(ValueError, match="slot capacity must be >= 0"):
+        Problem((Task("a", 1),), 1, slot_capacity=-1)
 
 
 def test_empty_problem() -> None:

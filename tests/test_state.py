@@ -148,7 +148,8 @@ def test_a_marked_result_is_read_and_its_failure_resolves_dependents() -> None:
     resolve = of(Resolve, out)
     assert resolve and resolve[0].module == "b" and resolve[0].outcome is Outcome.DEPENDENCY_FAILED
     out = st.handle(Ended(0.4, "b", 1, Outcome.DEPENDENCY_FAILED))
-    assert of(Finish, out) == [Finish(0)]  # it ran nothing that failed: exit 0
+    assert of(Finish, out) == [Finish(1)]  # it ran nothing that failed, but the run failed
+    assert any("2 failed module(s) this worker did not run (a, b)" in s.text for s in of(Say, out))
 
 
 def test_an_unreadable_result_counts_as_failed_with_a_warning() -> None:
@@ -253,7 +254,7 @@ def test_a_module_whose_result_is_being_read_is_not_taken_over_from_its_gone_wor
     )
     assert of(ReadResult, out) == [ReadResult("a")] and not of(Acquire, out)
     out = st.handle(ResultRead(1.1, "a", Outcome.CANCELLED))
-    assert not of(Acquire, out) and of(Finish, out) == [Finish(0)]
+    assert not of(Acquire, out) and of(Finish, out) == [Finish(1)]
 
 
 def test_a_lost_claim_race_remembers_the_winner_and_waits() -> None:
@@ -465,7 +466,7 @@ def test_a_cancel_stops_what_runs_and_cancels_what_has_not_started() -> None:
     assert any("run cancelled" in s.text for s in of(Say, out))
     assert of(Resolve, out) == [Resolve("b", 1, Outcome.CANCELLED, reason)]  # needs no place
     out = st.handle(Ended(0.6, "a", 1, Outcome.CANCELLED), Ended(0.6, "b", 1, Outcome.CANCELLED))
-    assert of(Finish, out) == [Finish(0)]
+    assert of(Finish, out) == [Finish(1)]
 
 
 def test_a_cancel_read_while_modules_are_acquired_resolves_them_instead_of_starting() -> None:
@@ -487,7 +488,7 @@ def test_a_cancel_read_while_modules_are_acquired_resolves_them_instead_of_start
     assert of(Resolve, out) == [Resolve(n, 1, Outcome.CANCELLED, reason) for n in "abc"]
     out = st.handle(*(Ended(0.6, n, 1, Outcome.CANCELLED) for n in "abc"))
     assert Release("c") in out  # its lease was taken: it is dropped
-    assert of(Finish, out) == [Finish(0)]
+    assert of(Finish, out) == [Finish(1)]
 
 
 def test_a_cancel_resolves_a_run_alone_module_that_waits_for_quiet() -> None:
@@ -501,7 +502,7 @@ def test_a_cancel_resolves_a_run_alone_module_that_waits_for_quiet() -> None:
     assert of(Resolve, out) == [Resolve("m", 1, Outcome.CANCELLED, "stop")]
     assert not of(Start, st.handle(Listed(0.3, [K.quiet("m", 1, OTHER)], whole=True)))
     out = st.handle(Ended(0.4, "m", 1, Outcome.CANCELLED))
-    assert Release("m") in out and of(Finish, out) == [Finish(0)]
+    assert Release("m") in out and of(Finish, out) == [Finish(1)]
 
 
 def test_a_kept_going_run_starts_what_it_acquired_after_a_cancel() -> None:

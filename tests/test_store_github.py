@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from store_contract import StoreContract
 
-import ciflow.stores.github.artifacts as artifacts_module
+import ciflow.stores.github.creates as creates_module
 from ciflow.errors import UsageError
 from ciflow.stores import Store, StoreError, StoreUnavailable, open_store
 from ciflow.stores.github.artifacts import GitHubArtifactStore
@@ -84,6 +84,13 @@ class Clients:
     def close(self) -> None:
         for store in self.opened:
             store.close()
+
+
+@pytest.fixture(autouse=True)
+def _default_behaviours(emulator: GitHubEmulator) -> Iterator[None]:
+    """Tests change the module's emulator's behaviours: restore them afterwards."""
+    yield
+    emulator.default_behaviours()
 
 
 @pytest.fixture
@@ -153,6 +160,7 @@ class DuplicatingEmulator(GitHubEmulator):
         with self.dup_lock:
             art["id"] = next(self._next_id)
             art["created"] = time.time()
+            art["size"] = size
         return {"ok": True, "artifact_id": str(art["id"])}
 
     def _finalized(self, run: str) -> list[dict[str, Any]]:
@@ -166,7 +174,7 @@ class DuplicatingEmulator(GitHubEmulator):
         return {
             "artifacts": [
                 {"workflow_run_backend_id": a["run"], "workflow_job_run_backend_id": a["job"],
-                 "database_id": str(a["id"]), "name": a["name"], "size": "0",
+                 "database_id": str(a["id"]), "name": a["name"], "size": str(a["size"]),
                  "created_at": "2026-01-01T00:00:00Z"}
                 for a in self._finalized(run) if name is None or a["name"] == name
             ]
@@ -245,7 +253,7 @@ def test_two_jobs_race_many_keys(clients: Clients) -> None:
         results = race([a, b], key)
         assert results.count(True) == 1, results
         assert a.get(key) == f"v{results.index(True)}".encode()
-    assert not artifacts_module._NAME_LOCKS  # the per-name locks are released
+    assert not creates_module._NAME_LOCKS  # the per-name locks are released
 
 
 @pytest.mark.parametrize("racers", [2, 8])
@@ -402,7 +410,7 @@ def test_user_artifacts_are_ignored(emu: GitHubEmulator, clients: Clients) -> No
 def test_value_is_a_zip_with_member_data(clients: Clients) -> None:
     store = clients.open()
     store.create("runs/1/Result", b"payload")
-    entry = store._entries(artifact_name("runs/1/Result"))[0]
+    entry = store._lookup(artifact_name("runs/1/Result"))[0]
     resp, _ = store.twirp.rpc("GetSignedArtifactURL", {**store._ids(), "name": entry.name})
     blob = requests.get(resp["signed_url"], timeout=10).content
     with zipfile.ZipFile(io.BytesIO(blob)) as zf:
@@ -541,7 +549,7 @@ def test_every_operation_survives_faults(
         assert 2.0 in sleeps.delays  # Retry-After of the Twirp 429 answers
     assert all(d <= BACKOFF_CAP for d in sleeps.delays)
     # nothing was created twice, no orphan is left
-    names = [e.name for e in store._entries()]
+    names = [e.name for e in store._list_all()]
     assert len(names) == len(set(names)) == 6
 
 
@@ -552,6 +560,7 @@ def test_lost_create_answer_is_recovered(emu: GitHubEmulator, clients: Clients) 
         emu.faults = Faults()
 
     store = clients.open(sleep=Sleeps(heal))
+    store.names_held = False  # the read-back decides (no probe)
     emu.faults = Faults(rate=1.0, kinds=["drop_after"], methods=["CreateArtifact"])
     assert store.create("claims/m/1", b"mine") is True
     assert store.get("claims/m/1") == b"mine"
@@ -559,11 +568,24 @@ def test_lost_create_answer_is_recovered(emu: GitHubEmulator, clients: Clients) 
     assert store.stats.counts["DeleteArtifact"] == 1
 
 
-def test_pending_create_of_another_job_means_taken(clients: Clients) -> None:
-    a, b = clients.open(), clients.open()
-    a.twirp.rpc("CreateArtifact", {**a._ids(), "name": artifact_name("k"), "version": 4})
-    assert b.create("k", b"b") is False
-    assert b.stats.counts.get("DeleteArtifact", 0) == 0
+def test_a_name_held_by_a_writer_that_died_moves_to_the_next_generation(
+    emu: GitHubEmulator, clients: Clients
+) -> None:
+    """CreateArtifact without a finalize holds the name (GitHub burns it for the run): a
+    writer waits ``stale_after`` for a value, then writes the key as ``<name>!1``."""
+    a = clients.open()
+    a.twirp.rpc("CreateArtifact", {**a._ids(), "name": artifact_name("k"), "version": 7})
+    sleeps = Sleeps()
+    b = clients.open(url="github://?stale_after=2", sleep=sleeps)
+    assert b.create("k", b"b") is True
+    assert sum(sleeps.delays) >= 2.0 and b.stats.counts.get("DeleteArtifact", 0) == 0
+    reader = clients.open()
+    assert reader.get("k") == b"b" and reader.list("") == ["k"] and reader.exists("k")
+    assert [a["name"] for a in emu.artifacts(clients.run) if a["finalized"]] == ["ciflow~k!1"]
+    c = clients.open(url="github://?stale_after=2")
+    assert c.create("k", b"c") is False  # the value shows: no wait
+    reader.delete("k")
+    assert reader.get("k") is None and reader.list("") == []
 
 
 def test_retry_after_is_honoured(emu: GitHubEmulator, clients: Clients) -> None:
@@ -653,6 +675,7 @@ def test_forbidden_with_retry_after_is_a_rate_limit(clients: Clients) -> None:
 def test_read_back_waits_for_a_lagging_listing(emu: GitHubEmulator, clients: Clients) -> None:
     sleeps = Sleeps()
     store = clients.open(sleep=sleeps)
+    store.names_held = False  # a service that may keep duplicates: the read-back decides
     real = emu._rpcs[(ARTIFACT_SERVICE, "ListArtifacts")]
     lag = [2]
 
@@ -672,6 +695,7 @@ def test_read_back_waits_for_a_lagging_listing(emu: GitHubEmulator, clients: Cli
 
 def test_value_deleted_before_the_read_back(emu: GitHubEmulator, clients: Clients) -> None:
     store, other = clients.open(sleep=Sleeps()), clients.open()
+    store.names_held = False  # the read-back decides
     real = emu._rpcs[(ARTIFACT_SERVICE, "FinalizeArtifact")]
 
     def finalize_then_delete(who: tuple[str, str], req: Any) -> dict[str, Any]:
@@ -708,17 +732,22 @@ def test_lost_finalize_answer_is_recovered(emu: GitHubEmulator, clients: Clients
     assert store.get("k") == b"v" and store.stats.counts["FinalizeArtifact"] == 2
 
 
-def test_permanent_error_is_one_clear_line(emu: GitHubEmulator, clients: Clients) -> None:
+def test_the_services_artifact_limit_is_one_clear_line(
+    emu: GitHubEmulator, clients: Clients
+) -> None:
     emu.artifact_limit = 2
     store = clients.open()
+    store.names_held = True  # no probe: it would count as a creation
     store.create("a", b"")
+    store.delete("a")  # deleting gives no creation back
     store.create("b", b"")
     with pytest.raises(StoreError) as info:
         store.create("c", b"")
-    message = str(info.value)
-    assert message == (
-        "github store: CreateArtifact failed with HTTP 412 "
-        "(failed_precondition: the job has reached the limit of 2 artifacts)"
+    assert str(info.value) == (
+        "github store: cannot create 'c': GitHub allows 500 artifacts per job and GitHub "
+        "refused it (the job has reached the limit of 2 artifacts (artifacts created, deleted "
+        "ones included)); plan more workers (ciflow plan --workers N), so that each job "
+        "creates fewer"
     )
     assert store.stats.counts["CreateArtifact"] == 3  # not retried
 
@@ -831,23 +860,31 @@ def test_api_calls_per_operation(emu: GitHubEmulator, clients: Clients, tmp_path
         op()
         return {**emu.calls, **emu.blob_calls}
 
+    # the first create probes the service: a probe name created twice, the 409 says names are
+    # held from creation on, so a finalized artifact is the only one of its name (no read-back)
     assert calls(lambda: store.create("k", b"v")) == {
-        "CreateArtifact": 1, "PutBlob": 1, "FinalizeArtifact": 1, "ListArtifacts": 1,
+        "CreateArtifact": 3, "PutBlob": 1, "FinalizeArtifact": 1, "DeleteArtifact": 1,
     }  # fmt: skip
-    assert calls(lambda: store.create("k", b"w")) == {"CreateArtifact": 1}
-    # the read-back listing is remembered: reading the value back needs no list
+    assert calls(lambda: store.create("k2", b"v")) == {
+        "CreateArtifact": 1, "PutBlob": 1, "FinalizeArtifact": 1,
+    }  # fmt: skip
+    # a 409: the value is looked up by name (the name may be held by an upload under way)
+    assert calls(lambda: store.create("k", b"w")) == {"CreateArtifact": 1, "ListArtifacts": 1}
+    store.list("")
+    assert calls(lambda: store.create("k", b"w")) == {"CreateArtifact": 1}  # listed just now
+    # the store knows its own value: reading it back needs no lookup
     assert calls(lambda: store.get("k")) == {"GetSignedArtifactURL": 1, "GetBlob": 1}
     other = clients.open("another-job")
     assert calls(lambda: other.get("k")) == {
         "ListArtifacts": 1, "GetSignedArtifactURL": 1, "GetBlob": 1,
     }  # fmt: skip
-    assert calls(lambda: store.get("absent")) == {"ListArtifacts": 1}
+    assert calls(lambda: store.get("absent")) == {"ListArtifacts": 2}  # both generations
     assert calls(lambda: store.list("")) == {"ListArtifacts": 1}
     assert calls(lambda: other.delete("k")) == {"ListArtifacts": 1, "DeleteArtifact": 1}
     # its writer still deletes by its own job id: absent is fine, another job's value is safe
     assert calls(lambda: store.delete("k")) == {"DeleteArtifact": 1}
-    assert calls(lambda: store.delete("k")) == {"ListArtifacts": 1}
-    # a key only its writer creates: no read-back; its writer deletes it without a look
+    assert calls(lambda: store.delete("k")) == {"ListArtifacts": 2}
+    # a key only its writer creates: never read back; its writer deletes it without a look
     assert calls(lambda: store.create("mine", b"v", sole=True)) == {
         "CreateArtifact": 1, "PutBlob": 1, "FinalizeArtifact": 1,
     }  # fmt: skip
@@ -859,35 +896,57 @@ def test_api_calls_per_operation(emu: GitHubEmulator, clients: Clients, tmp_path
     src.write_bytes(b"x" * (9 * MiB))
     assert calls(lambda: store.create_from_file("big", src)) == {
         "CreateArtifact": 1, "PutBlock": 3, "PutBlockList": 1, "FinalizeArtifact": 1,
-        "ListArtifacts": 1,
+    }  # fmt: skip
+    # where names may have duplicates (not held from creation on), a create reads back
+    wary = clients.open()
+    wary.names_held = False
+    assert calls(lambda: wary.create("w", b"v")) == {
+        "CreateArtifact": 1, "PutBlob": 1, "FinalizeArtifact": 1, "ListArtifacts": 1,
     }  # fmt: skip
     counts = store.stats.counts
-    assert counts["blob-upload"] == 2 + 4 and counts["blob-download"] == 1
-    assert counts["create"] == 4 and counts["create_from_file"] == 1 and counts["get"] == 2
+    assert counts["blob-upload"] == 3 + 4 and counts["blob-download"] == 1
+    assert counts["create"] == 6 and counts["create_from_file"] == 1 and counts["get"] == 2
+
+
+def test_the_probe_finds_out_whether_names_are_held(emu: GitHubEmulator, clients: Clients) -> None:
+    held = clients.open()
+    assert held.create("a", b"1") and held._alone() is True
+    assert held.creations_left() == 500 - 2  # the probe counts as a creation too
+    assert [a["name"] for a in emu.artifacts(clients.run)] == [artifact_name("a")]
+    emu.unfinalized_reserves_name = False
+    free = Clients(emu)
+    try:
+        store = free.open()
+        emu.reset_calls()
+        assert store.create("a", b"1")
+        assert store._alone() is False and emu.calls["ListArtifacts"] == 1  # read back
+        assert emu.calls["DeleteArtifact"] == 2  # both probe artifacts
+    finally:
+        free.close()
 
 
 def test_exists_answers_from_a_recent_listing(emu: GitHubEmulator, clients: Clients) -> None:
     store, other = clients.open(), clients.open()
     store.poll = 60.0
-    assert store.create("k", b"v")  # its read-back is a listing
+    assert store.create("k", b"v")
+    store.list("")
     emu.reset_calls()
-    assert store.exists("k") and not store.exists("absent")
+    assert store.exists("k")
     assert emu.calls == {}  # within the poll interval of that listing: no call
+    # a miss is looked up by name (the listing may be a part of the run): both generations
+    assert not store.exists("absent") and emu.calls == {"ListArtifacts": 2}
     assert other.create("late", b"v")
-    assert store.exists("late") is False  # another job's key: not listed yet
-    store.poll = 0.0
     emu.reset_calls()
-    assert store.exists("late") is True
+    assert store.exists("late") is True  # another job's key, not listed yet: looked up
     assert emu.calls == {"ListArtifacts": 1}
-    store.poll = 60.0
     assert store.create("mine", b"v", sole=True)  # no read-back, yet seen at once
     emu.reset_calls()
-    assert store.exists("mine")
+    assert store.exists("mine") and emu.calls == {}
     store.delete("mine")
-    store.delete("late")  # another job's: listed first
+    store.delete("late")  # another job's: looked up first
     assert not store.exists("mine") and not store.exists("late") and store.exists("k")
-    assert emu.calls == {"DeleteArtifact": 2, "ListArtifacts": 1}
-    assert store.stats.counts["exists"] == 8
+    assert emu.calls == {"DeleteArtifact": 2, "ListArtifacts": 5}
+    assert store.stats.counts["exists"] == 7
 
 
 def test_wait_lists_once_per_poll_interval(emu: GitHubEmulator, clients: Clients) -> None:
@@ -902,17 +961,18 @@ def test_wait_lists_once_per_poll_interval(emu: GitHubEmulator, clients: Clients
     assert 2 <= lists <= int(took / 0.3) + 1  # at 0, 0.3, 0.6, 0.9 s: never faster
 
 
-def test_a_read_back_wakes_a_waiter_and_counts_as_its_poll(
+def test_a_listing_made_meanwhile_wakes_a_waiter_and_counts_as_its_poll(
     emu: GitHubEmulator, clients: Clients
 ) -> None:
-    store = clients.open()
+    store, other = clients.open(), clients.open()
     store.poll = 5.0
     store.list("")  # the waiter's poll is not due for 5 s
     emu.reset_calls()
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(store.wait, "", (), 4.0)
         time.sleep(0.2)
-        assert store.create("fresh", b"v")  # CreateArtifact, FinalizeArtifact, read-back list
+        assert other.create("fresh", b"v", sole=True)
+        assert store.list("") == ["fresh"]  # a listing for another reason
         started = time.monotonic()
         assert waiting.result(timeout=10) == ["fresh"]
         assert time.monotonic() - started < 1.0
@@ -930,3 +990,232 @@ def test_a_get_after_the_listed_artifact_went_finds_the_one_that_replaced_it(
     first.delete("claims/m/2")
     assert second.create("claims/m/2", b"winner")
     assert reader.get("claims/m/2") == b"winner"
+
+
+# -- retention, version, mime type -------------------------------------------------------------
+
+
+def _days_ahead(stamp: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - time.time()) / 86400
+
+
+def test_create_sends_version_7_the_mime_type_and_a_retention(
+    emu: GitHubEmulator, clients: Clients
+) -> None:
+    default, weekly = clients.open(), clients.open(url="github://?retention_days=7")
+    env = {**emu.env(clients.run, "job-env"), "CIFLOW_RETENTION_DAYS": "30"}
+    from_env = GitHubArtifactStore("github://", env=env)
+    clients.opened.append(from_env)
+    for store, key in ((default, "a"), (weekly, "b"), (from_env, "c")):
+        assert store.create(key, b"v")
+    found = {a["name"]: a for a in emu.artifacts(clients.run)}
+    for key, days in (("a", 1), ("b", 7), ("c", 30)):
+        art = found[artifact_name(key)]
+        assert (art["version"], art["mime_type"]) == (7, "application/zip")
+        assert _days_ahead(art["expires_at"]) == pytest.approx(days, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "message"),
+    [("github://?retention_days=0", {}, "retention_days must be a whole number of days from 1 "
+      "to 90 (GitHub's artifact retention), not '0'"),
+     ("github://", {"CIFLOW_RETENTION_DAYS": "91"}, "CIFLOW_RETENTION_DAYS must be a whole"),
+     ("github://?retention=3", {}, "unknown option 'retention' in store URL"),
+     ("github://?stale_after=soon", {}, "stale_after in 'github://?stale_after=soon' must be")],
+)  # fmt: skip
+def test_bad_store_options_are_one_line(
+    emu: GitHubEmulator, url: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(UsageError) as info:
+        GitHubArtifactStore(url, env={**emu.env(new_run(), "j"), **env})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# -- the budget of 500 creations per job, the storage quota --------------------------------------
+
+
+def test_creations_are_counted_per_job_and_refused_past_the_budget(
+    emu: GitHubEmulator, clients: Clients
+) -> None:
+    store = clients.open("budget-job")
+    same_job = clients.open("budget-job")
+    store.names_held = same_job.names_held = True  # no probe (it counts as a creation too)
+    store.budget.limit = same_job.budget.limit = 3
+    assert store.creations_left() == 3
+    assert store.create("a", b"1") and store.creations_left() == 2
+    store.delete("a")  # deleting gives no creation back
+    assert same_job.create("b", b"2") and store.creations_left() == 1  # one job, one budget
+    assert store.create("b", b"again") is False and store.creations_left() == 1  # a 409
+    assert store.create("c", b"3") and store.creations_left() == 0
+    emu.reset_calls()
+    with pytest.raises(StoreError) as info:
+        store.create("d", b"4")
+    assert str(info.value) == (
+        "github store: cannot create 'd': GitHub allows 3 artifacts per job and this job has "
+        "created 3; plan more workers (ciflow plan --workers N), so that each job creates fewer"
+    )
+    assert emu.calls == {}  # refused before calling the service
+    assert emu.creations(clients.run, "budget-job") == 3
+    assert clients.open("another-job").creations_left() == 500
+    assert Store.creations_left(store) is None  # stores without a limit
+
+
+def test_the_storage_quota_is_one_clear_line_and_not_retried(
+    emu: GitHubEmulator, clients: Clients
+) -> None:
+    sleeps = Sleeps()
+    store = clients.open(sleep=sleeps)
+    emu.storage_quota_hit = True
+    with pytest.raises(StoreError) as info:
+        store.create("k", b"v")
+    message = str(info.value)
+    assert message.startswith("github store: cannot create 'k': the artifact storage quota")
+    assert "insufficient usage" in message and "delete old artifacts or lower --retention-days"
+    assert "\n" not in message and sleeps.delays == []
+    assert store.stats.counts["CreateArtifact"] == 1 and store.creations_left() == 500
+
+
+# -- what GitHub does not document --------------------------------------------------------------
+
+
+def test_unfinalized_artifacts_that_are_listed_are_no_values(
+    emu: GitHubEmulator, clients: Clients
+) -> None:
+    emu.unfinalized_listed = True
+    writer, reader = clients.open(), clients.open()
+    writer.twirp.rpc("CreateArtifact", {**writer._ids(), "name": artifact_name("k"), "version": 7})
+    assert reader.list("") == [] and reader.get("k") is None and not reader.exists("k")
+    assert writer.create("other", b"v") and reader.list("") == ["other"]
+
+
+def test_names_free_until_finalized_still_give_one_winner(
+    emu: GitHubEmulator, clients: Clients
+) -> None:
+    emu.unfinalized_reserves_name = False
+    stores = [clients.open() for _ in range(6)]
+    for round_ in range(4):
+        results = race(stores, f"claims/m/{round_}")
+        assert results.count(True) == 1, results
+        winner = results.index(True)
+        assert all(s.get(f"claims/m/{round_}") == f"v{winner}".encode() for s in stores[:2])
+    finalized = [a for a in emu.artifacts(clients.run) if a["finalized"]]
+    assert len(finalized) == 4  # losers left nothing behind
+
+
+class TestUnfinalizedVariantContract(TestGitHubArtifactStoreContract):
+    """The contract again when names are free until finalized, unfinalized artifacts are
+    listed (size 0) and cannot be deleted."""
+
+    blob_size = 2 * MiB
+
+    @pytest.fixture
+    def store(self, emu: GitHubEmulator) -> Iterator[Store]:
+        emu.unfinalized_reserves_name = False
+        emu.unfinalized_listed = True
+        emu.unfinalized_deletable = False
+        self.clients = Clients(emu)
+        try:
+            yield self.clients.open()
+        finally:
+            self.clients.close()
+
+
+def test_a_truncated_listing_hides_no_value(emu: GitHubEmulator, clients: Clients) -> None:
+    """ListArtifacts answers the newest 3 only: gets and exists look names up, and a writer
+    that finds its own artifact missing from a listing keeps what listings showed."""
+    emu.list_limit = 3
+    writer, reader = clients.open(), clients.open()
+    for i in range(6):
+        assert writer.create(f"k/{i}", f"v{i}".encode(), sole=True)
+        writer.list("")  # the writer lists as a worker does, between its creates
+    assert reader.list("") == ["k/3", "k/4", "k/5"]  # a part of the run
+    assert reader.get("k/0") == b"v0" and reader.exists("k/1")  # looked up by name
+    assert reader.create("k/2", b"late") is False  # create-once holds
+    assert writer.list("") == [f"k/{i}" for i in range(6)]
+    assert writer.view.cap == 3
+    writer.delete("k/4")
+    assert writer.list("") == ["k/0", "k/1", "k/2", "k/3", "k/5"]
+    assert reader.get("k/4") is None
+
+
+def test_a_writer_too_slow_to_finalize_gives_its_artifact_up(
+    emu: GitHubEmulator, clients: Clients
+) -> None:
+    store = clients.open(url="github://?stale_after=2")
+    store.names_held = True
+    real = store.blobs.upload
+    slow = [True]
+
+    def upload(url: str, pieces: Any, total: int) -> str:
+        if slow[0]:
+            slow[0] = False
+            time.sleep(1.1)  # more than half of stale_after: others may take us for dead
+        return real(url, pieces, total)
+
+    store.blobs.upload = upload  # type: ignore[method-assign]
+    emu.reset_calls()
+    assert store.create("k", b"v") is True and store.get("k") == b"v"
+    assert emu.calls["CreateArtifact"] == 2 and emu.calls["DeleteArtifact"] == 1
+    assert emu.calls["FinalizeArtifact"] == 1
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_a_re_run_attempt_sees_the_first_attempts_keys_only_if_the_service_shares_them(
+    emu: GitHubEmulator, across: bool
+) -> None:
+    emu.artifacts_across_attempts = across
+    run = new_run()
+    first = GitHubArtifactStore(env=emu.env(run, "work-0"))
+    second = GitHubArtifactStore(env=emu.env(run, "work-0", attempt=2))
+    try:
+        assert first.create("runs/r/results/a", b"ok")
+        assert second.list("") == (["runs/r/results/a"] if across else [])
+        assert second.get("runs/r/results/a") == (b"ok" if across else None)
+        assert second.create("runs/r/results/a", b"again") is (not across)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_retention_days_option_reaches_the_store(
+    emu: GitHubEmulator, monkeypatch: pytest.MonkeyPatch, pipelines: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ciflow.cli.app import app
+
+    runner = CliRunner()
+    monkeypatch.delenv("CIFLOW_RETENTION_DAYS", raising=False)  # restored after the test
+    bad = runner.invoke(app, ["--retention-days", "91", "status", "--help"])
+    assert bad.exit_code == 2
+    assert bad.stderr.splitlines() == [
+        "ciflow: error: --retention-days (CIFLOW_RETENTION_DAYS) must be a whole number of days "
+        "from 1 to 90 (GitHub's artifact retention), not '91'"
+    ]
+    run = new_run()
+    ok = runner.invoke(
+        app,
+        ["--retention-days", "3", "plan", "-f", str(pipelines / "basic.py"), "--workers", "1",
+         "--store", "github://", "--run-id", "r"],
+        env=emu.env(run, "plan"),
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.stdout + ok.stderr
+    [plan] = emu.artifacts(run)
+    assert _days_ahead(plan["expires_at"]) == pytest.approx(3, abs=0.01)
+
+
+def test_a_key_whose_every_generation_is_held_is_one_clear_line(clients: Clients) -> None:
+    dead = clients.open()
+    for name in (artifact_name("k"), artifact_name("k") + "!1"):
+        dead.twirp.rpc("CreateArtifact", {**dead._ids(), "name": name, "version": 7})
+    store = clients.open(url="github://?stale_after=0.5", sleep=Sleeps())
+    with pytest.raises(StoreError) as info:
+        store.create("k", b"v")
+    assert str(info.value) == (
+        "github store: cannot create 'k': its artifact names stay held by uploads that were "
+        "never finalized (writers that died, or lost requests); use another store or re-run "
+        "the workflow"
+    )
+    assert store.get("k") is None

@@ -291,7 +291,9 @@ def test_module_handed_to_a_worker_that_dies_is_taken_over(
     monkeypatch.setenv("CIFLOW_TEST_LOG", str(tmp_path / "log.jsonl"))
     file = tmp_path / "ciflow.py"
     write_pipeline(file, [[], [], []], set(), set())
-    file.write_text(file.read_text().replace("time.sleep(0.05)", "time.sleep(1.5)"))
+    text = file.read_text().replace("time.sleep(0.05)", "time.sleep(1.5)")
+    seen = '    mark("m1", "start")\n    mark("m1", f"ctx.attempt={ctx.attempt}")'
+    file.write_text(text.replace('    mark("m1", "start")', seen))
     # slot 1 asks for m1, is handed it, and dies right after: slot 0 takes it over
     result, codes, store_dir, out = _run_plan(
         tmp_path, file, [["m0", "m1", "m2"], []], ["--jobs", "1"],
@@ -303,6 +305,8 @@ def test_module_handed_to_a_worker_that_dies_is_taken_over(
     assert {r.outcome for r in result.records} == {Outcome.SUCCEEDED}
     assert by_name["m1"].attempts == 2 and by_name["m1"].slot == 0
     assert "taking over m1 from s1-" in out
+    marks = [json.loads(x)[1] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert "ctx.attempt=2" in marks  # the module itself sees the attempt the summary shows
     run = store_dir / "runs" / "test-run" / "claims" / "m1"
     assert sorted(p.name for p in run.iterdir()) == ["0001", "0002"]
 
@@ -862,7 +866,7 @@ def test_an_archive_that_cannot_be_restored_fails_the_dependent_not_the_worker(
     assert records["gate"].outcome is Outcome.SUCCEEDED
     assert records["use"].outcome is Outcome.FAILED
     assert "cannot prepare its inputs" in (records["use"].error or "")
-    assert codes == [0, 1]  # the worker lived to report it
+    assert codes == [1, 1]  # the worker lived to report it, and both say the run failed
 
 
 def test_a_worker_whose_slot_was_given_up_runs_its_modules_through_claims(

@@ -122,6 +122,16 @@ def _root(
             "CIFLOW_STORE_CA_FILE (and AWS_CA_BUNDLE unless set).",
         ),
     ] = None,
+    retention_days: Annotated[
+        str | None,
+        typer.Option(
+            "--retention-days",
+            metavar="N",
+            envvar="CIFLOW_RETENTION_DAYS",
+            help="Days GitHub keeps the records of github:// (1-90) [default: 1]: sets "
+            "CIFLOW_RETENTION_DAYS.",
+        ),
+    ] = None,
 ) -> None:
     """Run a pipeline of CI modules on one machine or spread over many CI runners.
 
@@ -136,6 +146,14 @@ def _root(
             raise typer.BadParameter(f"{ca_file} is not a file", param_hint="--ca-file")
         os.environ["CIFLOW_STORE_CA_FILE"] = str(ca_file.resolve())
         os.environ.setdefault("AWS_CA_BUNDLE", str(ca_file.resolve()))
+    if retention_days is not None:
+        import os
+
+        from ..stores.github.naming import retention_days as check_days
+
+        os.environ["CIFLOW_RETENTION_DAYS"] = str(
+            check_days(retention_days, "--retention-days (CIFLOW_RETENTION_DAYS)")
+        )
 
 
 @app.command()

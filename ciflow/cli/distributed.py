@@ -178,30 +178,41 @@ def plan_(
     if wait_for_workers is not None:
         for planned, reg in zip(result.slots, regs, strict=True):
             planned.slot = reg.slot
+    from ..providers.registry import current, detect_job
+
+    job = detect_job()
+    result.attempt = job.attempt or 1  # a worker of a later attempt resumes this plan's run
     if target is not None:
         from ..distributed.orchestrator import publish_plan
 
-        publish_plan(target[0], target[1], result)
+        publish_plan(target[0], target[1], result, lambda line: typer.echo(line, err=True))
     if as_json:
         typer.echo(result.to_json(), nl=False)
     elif gantt:
         typer.echo(result.gantt())
     else:
         typer.echo(result.render())
+    from ..planning.creations import creations_line  # github://: each slot's estimate
+
+    if (creations := creations_line(pipeline, result)) is not None:
+        typer.echo(f"  {creations}", err=as_json or gantt)
     if out is not None:
         try:
             atomic_write_text(out, result.to_json())
         except OSError as exc:
             raise UsageError(f"cannot write the plan to {out}: {exc.strerror or exc}") from None
-    from ..providers.registry import current
-
     matrix = json.dumps(result.matrix(), separators=(",", ":"))
-    current().publish_outputs(os.environ, {"matrix": matrix, "workers": str(len(result.slots))})
+    outputs = {"matrix": matrix, "workers": str(len(result.slots))}
+    if target is not None:
+        outputs["run-id"] = target[1].run_id  # workers and summary of every attempt take it
+    current().publish_outputs(os.environ, outputs)
 
 
 def _open_run(
-    store: str | None, run_id: str | None, poll: float | None = None
+    store: str | None, run_id: str | None, poll: float | None = None, resume: bool = False
 ) -> "tuple[Store, RunKeys]":
+    """The run's store and keys; with ``resume`` (worker, summary) and no explicit run id, a
+    later CI attempt finds the run its plan job made (`resume.planned_run`)."""
     from ..distributed.keys import RunKeys
     from ..stores import open_store
 
@@ -218,13 +229,25 @@ def _open_run(
     run = run_id or _default_run_id()
     if run is None:
         raise UsageError("no run id: pass --run-id ID or set CIFLOW_RUN_ID")
-    return open_store(store, poll=poll), RunKeys(run)
+    opened = open_store(store, poll=poll)
+    if run_id is None and resume:
+        from ..distributed.resume import planned_run
+
+        run = planned_run(opened, run, _attempt())
+    return opened, RunKeys(run)
 
 
 def _default_run_id() -> str | None:
     from ..providers.registry import detect_job
 
     return detect_job().run_id
+
+
+def _attempt() -> int | None:
+    """The CI run attempt of this job (``CIFLOW_RUN_ATTEMPT``, ``GITHUB_RUN_ATTEMPT``)."""
+    from ..providers.registry import detect_job
+
+    return detect_job().attempt
 
 
 @app.command()
@@ -302,8 +325,9 @@ def worker(
             "--poll",
             min=0.001,
             metavar="SECONDS",
-            help="How often to look at the store [default: the store's: 10 ms on file://, "
-            "2 s on github://]. Every look at github:// is an API call.",
+            help="How often to look at the store when a result is due [default: the store's: "
+            "10 ms on file://, 0.5 s on github://, where looks follow the plan's forecast, at "
+            "most 15 s apart]. Every look at github:// is an API call.",
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide command output.")] = False,
@@ -327,7 +351,7 @@ def worker(
                 f"{slot_sources()})"
             )
         slot = job.slot
-    target_store, keys = _open_run(store, run_id, poll)
+    target_store, keys = _open_run(store, run_id, poll, resume=plan is None)
     if plan is not None:
         from ..distributed.orchestrator import load_plan_file, publish_plan
 
@@ -348,6 +372,7 @@ def worker(
         workdir=workdir,
         cache=None if no_cache else cache_url(pipeline, cache),
         rebuild=tuple(checked_rebuild(pipeline, rebuild)),
+        attempt=_attempt(),
     )
     console = Console(verbose=not quiet)
     console.sources = _sources(pipeline)
@@ -382,10 +407,11 @@ def summary(
     from ..ui.console import Console
     from .verdict import render_run
 
-    target, keys = _open_run(store, run_id)
+    target, keys = _open_run(store, run_id, resume=True)
     url = None if no_cache else cache or current().default_cache(os.environ)
     cache_store = None if url is None else open_store(url)
-    raise typer.Exit(render_run(target, keys, Console(), report, None, cache_store))
+    code = render_run(target, keys, Console(), report, None, cache_store, _attempt(), carry=True)
+    raise typer.Exit(code)
 
 
 @app.command()

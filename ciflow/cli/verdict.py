@@ -47,27 +47,40 @@ def render_run(
     report: Path | None,
     order: list[str] | None,
     cache: Store | None = None,
+    attempt: int | None = None,
+    carry: bool = False,
 ) -> int:
     """Print the run's summary (and write its report) from the store; return the exit code.
 
     With ``cache`` (the result cache's store) the run's durations are recorded there, for the
-    next plan (`ciflow.cache.history`).
+    next plan (`ciflow.cache.history`). ``attempt``: the CI run attempt (a later one reads the
+    run as resumed); ``carry``: record what finished for the next attempt
+    (`ciflow.distributed.resume`).
 
     Every module of the stored plan (or ``order`` without one) is shown, those without a result
     as ``missing``. No plan and no result at all is `RunNotFound`, never an empty OK.
     """
     from ..distributed.liveness import finished_workers
-    from ..distributed.results import read_run
+    from ..distributed.orchestrator import parse_plan
+    from ..distributed.results import ResultCache, read_run
+    from ..distributed.resume import attempt_view, record_attempt
     from ..execution.masking import MASKER
     from ..stores.base import StoreError
     from ..ui.summary import render_summary, store_calls
 
-    names = run_modules(store, keys, order)
-    result = read_run(store, keys, names)
+    def warn(line: str) -> None:
+        typer.echo(MASKER.mask(f"ciflow: {line}"), err=True)
+
+    view = attempt_view(store, keys, attempt, parse_plan, warn)
+    names = list(view.plan.inputs.modules) if view.plan else run_modules(store, keys, order)
+    results = ResultCache(store, view.keys)
+    result = read_run(store, view.keys, names, results=results, carried=view.carried_records())
     for warning in result.warnings:
         typer.echo(MASKER.mask(f"ciflow: warning: {warning}"), err=True)
+    if carry:
+        record_attempt(store, view, results.headers, results.payloads, warn)
     try:
-        done = finished_workers(store, keys)
+        done = finished_workers(store, view.keys)
     except StoreError:  # read_run warned about it
         done = {}
     if cache is not None:

@@ -167,6 +167,7 @@ class Actions:
             record.error = ins.reason
         self.console.module_finished(record)
         self.executor.cancel_run(record)  # failed here (its workers died): fail-fast
+        record.run_attempt = self.me.run_attempt
         written = publish_result(
             self.store, self.me.keys, record, attempt=ins.attempt, worker=self.me.worker,
             slot=self.me.slot, workdir=self.me.workdir, cache=self.results,

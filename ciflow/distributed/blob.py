@@ -154,6 +154,8 @@ class ResultHeader(BaseModel):
     cache: str | None = None
     #: seconds a cache hit saved
     saved: float = Field(default=0.0, ge=0)
+    #: the CI run attempt whose worker wrote it (GitHub's ``GITHUB_RUN_ATTEMPT``), if known
+    run_attempt: int | None = Field(default=None, ge=1)
 
 
 def encode_result(header: ResultHeader, payload: bytes, *, level: int = 3) -> bytes:

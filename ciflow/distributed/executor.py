@@ -81,6 +81,7 @@ class Identity:
     keys: RunKeys
     workdir: Path
     keep_going: bool
+    run_attempt: int | None = None  # the CI attempt this worker belongs to, if known
 
 
 class ModuleExecutor:
@@ -277,6 +278,7 @@ class ModuleExecutor:
             self.definition_errors.append(name)
         self.cancel_run(record)  # fail-fast: the cancel record comes before the result
         ran = record.outcome
+        record.run_attempt = self.me.run_attempt
         written = publish_result(
             self.store, self.me.keys, record, attempt=attempt, worker=self.me.worker,
             slot=self.me.slot, workdir=self.me.workdir, outputs=mod.outputs,

@@ -3,6 +3,9 @@
 One namespace per run, ``runs/<run-id>/``::
 
     plan                               the plan (attempt 1 of every module belongs to its slot)
+    carry/<attempt>                    what CI attempts up to this one finished (re-runs)
+    carried/<module>/<attempt>-<n>     outputs carried to later attempts (github://)
+    attempt-<n>/...                    the records below, of CI attempt n resuming the run
     cancel                             fail-fast: the run is cancelled
     workers/<worker>                   a registration
     slots/<slot>                       who serves a slot, or that it was given up for lost
@@ -55,14 +58,23 @@ class Key:
 
 
 class RunKeys:
-    """The keys of one run."""
+    """The keys of one run; with ``attempt``, of a later CI attempt that resumes it.
 
-    def __init__(self, run_id: str) -> None:
+    A resumed attempt keeps its own records (claims, results, cancel, ...) under
+    ``runs/<run-id>/attempt-<n>/``, so nothing of an earlier attempt is stale in it; the plan
+    and the carried records stay at the run's top (docs/architecture.md, "Re-runs").
+    """
+
+    def __init__(self, run_id: str, attempt: int | None = None) -> None:
         if not _RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
             raise UsageError(f"invalid run id {run_id!r}: use letters, digits and . _ = @ + -")
         self.run_id = run_id
-        self.root = f"runs/{run_id}/"
-        self.plan = self.root + "plan"
+        self.attempt = attempt
+        self.run_root = f"runs/{run_id}/"
+        self.root = self.run_root if attempt is None else f"{self.run_root}attempt-{attempt}/"
+        self.plan = self.run_root + "plan"
+        self.carry_prefix = self.run_root + "carry/"
+        self.carried_outputs = self.run_root + "carried/"
         self.cancel = self.root + "cancel"
         self.workers = self.root + "workers/"
         self.slots = self.root + "slots/"
@@ -113,6 +125,18 @@ class RunKeys:
 
     def done_of(self, worker: str) -> str:
         return self.done + worker
+
+    def carry(self, attempt: int) -> str:
+        """What attempts up to ``attempt`` finished, written by that attempt's summary."""
+        return f"{self.carry_prefix}{attempt:04d}"
+
+    def carried(self, module: str, attempt: int, index: int) -> str:
+        """A copy of a carried module's outputs archive, where the store is per attempt."""
+        return f"{self.carried_outputs}{module}/{attempt:04d}-{index:03d}"
+
+    def resumed(self, attempt: int) -> RunKeys:
+        """The keys of CI attempt ``attempt`` resuming this run."""
+        return RunKeys(self.run_id, attempt)
 
     def parse(self, key: str) -> Key | None:
         """What ``key`` of this run is, or None for a key that is not one of its records."""

@@ -90,6 +90,8 @@ class PlanView:
     #: planned start and duration of each module (seconds from the run's start), if known
     start: Mapping[str, float] = field(default_factory=dict)
     cost: Mapping[str, float] = field(default_factory=dict)
+    #: outcomes an earlier CI attempt of the run settled: done from the start (re-runs)
+    carried: Mapping[str, Outcome] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rank = {name: i for i, name in enumerate(self.order)}

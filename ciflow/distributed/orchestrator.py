@@ -6,6 +6,7 @@ The plan job (or ``ciflow dry-run``) uses these; workers only read what they wri
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -39,29 +40,51 @@ def load_plan_file(path: Path) -> DistributedExecutionPlan:
         raise UsageError(f"{path} is not a ciflow plan: {exc.errors()[0]['msg']}") from None
 
 
-def publish_plan(store: Store, keys: RunKeys, plan: DistributedExecutionPlan) -> None:
-    """Store the run's plan; an identical plan already there is fine, a different one is not."""
+def publish_plan(
+    store: Store,
+    keys: RunKeys,
+    plan: DistributedExecutionPlan,
+    warn: Callable[[str], None] | None = None,
+) -> None:
+    """Store the run's plan; an identical plan already there is fine, a different one is not.
+
+    Where a later CI attempt cannot see this one's records (`github://`), the plan is also
+    kept where it can (`resume.carry_store`), so a re-run of failed jobs finds it.
+    """
     data = plan.to_json().encode()
-    if store.create(keys.plan, data):
+    if not store.create(keys.plan, data):
+        existing = store.get(keys.plan)
+        if existing is not None and existing != data:
+            raise UsageError(
+                f"run {keys.run_id} already has a different plan in the store; use a new --run-id"
+            )
+    from .resume import carry_store
+
+    carry = carry_store(store)
+    if carry is store:
         return
-    existing = store.get(keys.plan)
-    if existing is not None and existing != data:
-        raise UsageError(
-            f"run {keys.run_id} already has a different plan in the store; use a new --run-id"
-        )
+    try:
+        carry.create(keys.plan, data, sole=True)
+    except StoreError as exc:
+        if warn is not None:
+            warn(
+                f"warning: the plan was not kept for re-runs ({exc}): re-running failed jobs "
+                "will not find it; re-run all jobs instead"
+            )
 
 
 def read_stored_plan(store: Store, keys: RunKeys) -> DistributedExecutionPlan | None:
     """The run's stored plan, or None without one."""
     data = store.get(keys.plan)
-    if data is None:
-        return None
+    return None if data is None else parse_plan(data, keys.plan)
+
+
+def parse_plan(data: bytes, key: str) -> DistributedExecutionPlan:
+    """A stored plan; `StoreError` (one line) when it is not a valid one."""
     try:
         return DistributedExecutionPlan.model_validate_json(data)
     except ValidationError as exc:
-        raise StoreError(
-            f"plan {keys.plan} is not a valid plan: {exc.errors()[0]['msg']}"
-        ) from None
+        raise StoreError(f"plan {key} is not a valid plan: {exc.errors()[0]['msg']}") from None
 
 
 def plan_order(store: Store, keys: RunKeys) -> list[str] | None:

@@ -14,7 +14,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..execution.masking import MASKER
@@ -80,6 +80,7 @@ def publish_result(
         outputs_digest=record.outputs_digest,
         cache=record.cache,
         saved=record.saved,
+        run_attempt=record.run_attempt,
     )
     written = store.create(keys.result(record.name), encode_result(header, payload))
     if written and cache is not None:
@@ -143,7 +144,18 @@ class ResultCache:
         self.marked: set[str] = set()
         self.headers: dict[str, ResultHeader] = {}
         self.payloads: dict[str, bytes] = {}
+        #: carried from an earlier CI attempt: module -> (store, header key -> key in it)
+        self.carried: dict[str, tuple[Store, Mapping[str, str]]] = {}
         self._lock = threading.Lock()
+
+    def carry(
+        self, headers: Mapping[str, ResultHeader], payloads: Mapping[str, bytes],
+        store: Store, outputs: Mapping[str, str],
+    ) -> None:  # fmt: skip
+        """Know results carried from an earlier attempt; their outputs are read from ``store``."""
+        for name, header in headers.items():
+            self.remember(name, header, payloads[name])
+            self.carried[name] = (store, outputs)
 
     def note(self, listed: Iterable[str]) -> list[str]:
         """Note results and markers in ``listed`` keys; return the modules new with a result."""
@@ -226,10 +238,11 @@ class ResultCache:
         from .restore import unpack_outputs
 
         count = 0
+        store, moved = self.carried.get(module, (self.store, {}))
         for item in self.load(module).outputs:
             with tempfile.TemporaryDirectory(prefix="ciflow-in-") as tmp:
                 archive = Path(tmp) / "outputs.tar.zst"
-                if not self.store.get_to_file(item.key, archive):
+                if not store.get_to_file(moved.get(item.key, item.key), archive):
                     raise StoreError(
                         f"outputs {item.key} of module {module!r} are missing from the store; "
                         "rerun the module"
@@ -242,22 +255,35 @@ class ResultCache:
         return count
 
 
-def read_run(store: Store, keys: RunKeys, order: Iterable[str]) -> RunResult:
+def read_run(
+    store: Store,
+    keys: RunKeys,
+    order: Iterable[str],
+    *,
+    results: ResultCache | None = None,
+    carried: Mapping[str, tuple[ResultHeader, bytes, int]] | None = None,
+) -> RunResult:
     """The run as the store has it: one record per module of ``order``.
 
     A module without a result has no outcome (``missing``). A result record that cannot be
     used (corrupted, planted, of a newer ciflow, listed but gone) fails its module with the
     reason and a line in the result's ``warnings``; the rest of the run is still read. Modules
     whose result broke its annotation are named by their workers' deregistrations (``done``).
+    ``carried``: results earlier CI attempts finished (header, payload, attempt), for modules
+    this attempt did not run. ``results``: the cache to read through (the caller keeps it).
     """
-    cache = ResultCache(store, keys)
+    cache = results if results is not None else ResultCache(store, keys)
     cache.refresh()
     warnings: list[str] = []
     broken = _definition_errors(store, keys, warnings)
     records = []
     for name in order:
         if name not in cache.present:
-            records.append(ModuleRecord(name))
+            old = (carried or {}).get(name)
+            if old is None:
+                records.append(ModuleRecord(name))
+            else:
+                records.append(_record(name, old[0], old[1], False, old[2]))
             continue
         try:
             header = cache.load(name)
@@ -269,24 +295,9 @@ def read_run(store: Store, keys: RunKeys, order: Iterable[str]) -> RunResult:
             warnings.append(f"module {name!r}: {reason}")
             records.append(ModuleRecord(name, outcome=Outcome.FAILED, error=reason))
             continue
+        bad_definition = name in broken and not outcome.ok
         records.append(
-            ModuleRecord(
-                name=name,
-                outcome=outcome,
-                attempts=header.attempt,
-                start=header.started or None,
-                end=header.finished,
-                duration=header.duration,
-                error=header.error,
-                skip_reason=header.skip_reason,
-                cache=header.cache,
-                saved=header.saved,
-                outputs_digest=header.outputs_digest,
-                result=cache.payloads[name] or None,
-                worker=header.worker,
-                slot=header.slot,
-                definition_error=name in broken and not outcome.ok,
-            )
+            _record(name, header, cache.payloads[name], bad_definition, header.run_attempt)
         )
     started = [r.start for r in records if r.start is not None]
     ended = [r.end for r in records if r.end is not None]
@@ -296,6 +307,29 @@ def read_run(store: Store, keys: RunKeys, order: Iterable[str]) -> RunResult:
         min(started) if started else time.time(),
         max(ended) if ended else time.time(),
         warnings=warnings,
+    )
+
+
+def _record(
+    name: str, header: ResultHeader, payload: bytes, bad_definition: bool, attempt: int | None
+) -> ModuleRecord:
+    return ModuleRecord(
+        name=name,
+        outcome=Outcome(header.outcome),
+        attempts=header.attempt,
+        start=header.started or None,
+        end=header.finished,
+        duration=header.duration,
+        error=header.error,
+        skip_reason=header.skip_reason,
+        cache=header.cache,
+        saved=header.saved,
+        outputs_digest=header.outputs_digest,
+        result=payload or None,
+        worker=header.worker,
+        slot=header.slot,
+        definition_error=bad_definition,
+        run_attempt=attempt,
     )
 
 

@@ -85,8 +85,12 @@ class WorkerState(Knowledge):
         match event:
             case Started(now=now):
                 self.started_at = now
+                for name, outcome in self.plan.carried.items():
+                    if name in self.phase:  # settled in an earlier CI attempt
+                        self.present.add(name)
+                        self._outcome(name, outcome, now)
                 for name in self.plan.order:
-                    if self.missing[name] == 0:
+                    if self.missing[name] == 0 and self.phase[name] is Phase.WAITING:
                         self._become_ready(name, now)
             case Listed():
                 self._listed(event, out)
@@ -493,5 +497,4 @@ class WorkerState(Knowledge):
 
     def _finish(self, out: list[Instruction]) -> None:
         self.over = True
-        code = 1 if self.ran_bad else (130 if self.draining and self.hard else 0)
-        out.append(Finish(code))
+        out.append(Finish(stopping.exit_code(self, out)))

@@ -67,3 +67,19 @@ def _outcome(st: Knowledge, name: str) -> tuple[Outcome, str] | None:
         return None
     verdict = dependency_verdict({d: st.outcomes[d] for d in st.plan.required[name]})
     return cannot_run(st.plan.modules[name], verdict, st.cancel)
+
+
+def exit_code(st: Knowledge, out: list[Instruction]) -> int:
+    """How the worker ends: 1 when anything of the run failed, here or elsewhere (a job that
+    did not re-run a failure must not turn green on "Re-run failed jobs"), 130 after a hard
+    stop, else 0."""
+    code = 1 if st.ran_bad else (130 if st.draining and st.hard else 0)
+    failed = [n for n in st.plan.modules if (o := st.outcomes.get(n)) is not None and o.bad]
+    if code == 0 and failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        out.append(
+            Say(f"the run has {len(failed)} failed module(s) this worker did not run ({shown}): "
+                "exit 1")
+        )  # fmt: skip
+        code = 1
+    return code

@@ -1,13 +1,17 @@
 """The worker's eyes: one thread that lists the run's records and reports what changed.
 
-Every ``slow_poll`` seconds it lists the run's whole namespace (claims, requests, workers,
-heartbeats, leases, the cancel record) and works out liveness from it; in between it watches
-only ``results/``, and only as closely as needed: fast (the store's ``poll``) from
-`DUE_WINDOW` before a result is due by the plan; at most every ``slow_poll`` while none is, or
-while every job slot of the worker is busy (a worker waiting on a long module costs next to
-nothing). Each poll reports only the keys that are new. Stores that
-list everything in one call (``github://``) list the whole namespace every time; stores that
-push (`StoreProfile.pushes`) are waited on, not polled. See docs/architecture.md, "The worker".
+How often it looks follows the plan (`cadence`): the worker's loop tells it, through
+`Watcher.expect`, when the next result it waits on is due and whether it waits on another
+worker's record. Stores that list everything in one call (``github://``) are listed whole at
+every look, when `cadence.Cadence.next_look` says: ``slow_poll`` apart while nothing is due,
+halfway to a due time as it nears, every ``poll`` once it has come, less often again when the
+result is late. A listing the worker's own store made since the last look stands in for a
+look. Other stores are listed whole every ``slow_poll`` (claims, requests, workers,
+heartbeats, leases, the cancel record; liveness is worked out from it); in between only
+``results/`` is watched, closely (the store's ``poll``) from `DUE_WINDOW` before a result is
+due and not at all otherwise. Each poll reports only the keys that are new; stores that push
+(`StoreProfile.pushes`) are waited on, not polled. See docs/architecture.md, "What a worker
+reads, and how often".
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from ..stores.base import Store, StoreError
+from .cadence import Cadence, Outlook
 from .events import Dead, Event, Listed
 from .keys import RunKeys
 from .liveness import Liveness
@@ -31,7 +36,8 @@ DUE_WINDOW = 2.0
 class Watcher(threading.Thread):
     """Lists the store for one worker and posts `Listed` and `Dead` events to its loop.
 
-    `expect` tells it when the next result is due (monotonic seconds); `stop` ends it.
+    `expect` tells it what the worker waits on (an `Outlook`); `stop` ends it. ``cadence``
+    defaults to the store's (`Cadence.of` its ``poll`` and ``slow_poll``).
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class Watcher(threading.Thread):
         say: Callable[[str], None],
         *,
         slow_poll: float,
+        cadence: Cadence | None = None,
     ) -> None:
         super().__init__(name="ciflow-watch", daemon=True)
         self.store = store
@@ -51,9 +58,13 @@ class Watcher(threading.Thread):
         self.post = post
         self.say = say
         self.slow_poll = slow_poll
+        self.cadence = cadence or Cadence.of(store.poll, slow_poll)
+        self.outlook = Outlook()
         self.due: float | None = None
+        self.looks = 0  # whole listings looked at (made here, or by the store for a write)
+        self._last_look: float | None = None
         self._halt = threading.Event()
-        self._nudge = threading.Event()  # `expect` moved a due time closer
+        self._nudge = threading.Event()  # `expect` changed the outlook
         self._seen: set[str] = set()
         self._results: set[str] = set()
         self._workers: set[str] = set()
@@ -67,11 +78,11 @@ class Watcher(threading.Thread):
         self._halt.set()
         self._nudge.set()
 
-    def expect(self, due: float | None) -> None:
-        """The next result is due at ``due`` (None: none that this worker could use now)."""
-        old, self.due = self.due, due
-        if due is not None and (old is None or due < old):
-            self._nudge.set()  # look sooner than the current sleep would
+    def expect(self, outlook: Outlook) -> None:
+        """What the worker waits on now (its due time: monotonic seconds, None: none)."""
+        old, self.outlook, self.due = self.outlook, outlook, outlook.due
+        if outlook != old:
+            self._nudge.set()  # work the next look out again
 
     def run(self) -> None:
         next_whole = 0.0
@@ -80,8 +91,10 @@ class Watcher(threading.Thread):
             now = time.monotonic()
             try:
                 if everything:
-                    keys = self.store.wait(self.keys.root, self._seen, self.slow_poll)
-                    self._whole(keys, self._blind(now))
+                    wait = self.step(now) - time.monotonic()
+                    if wait > 0:  # until the next look, or until `expect` changes the outlook
+                        self._nudge.wait(wait)
+                        self._nudge.clear()
                 elif now >= next_whole:
                     self._whole(self.store.list(self.keys.root), self._blind(now))
                     next_whole = time.monotonic() + self.slow_poll
@@ -95,6 +108,24 @@ class Watcher(threading.Thread):
                 self._halt.wait(min(self.slow_poll, 1.0))
                 continue
             self._failing = None
+
+    def step(self, now: float) -> float:
+        """One turn on a store that lists everything in one call, at monotonic ``now``: look
+        if the cadence says so; returns when (monotonic) the next look is due.
+
+        A look takes a listing this process made since the last look (a create's read-back,
+        a `list`) if there is one, else lists: each look is one listing not looked at before.
+        """
+        if self._last_look is None:
+            self._last_look = now  # the first look, too, comes when the cadence says
+        if self.cadence.next_look(self._last_look, now, self.outlook) <= now:
+            self._look(self.store.wait(self.keys.root, self._seen, 0.0, 0.0), now)
+        return self.cadence.next_look(self._last_look, now, self.outlook)
+
+    def _look(self, keys: list[str], now: float) -> None:
+        self._last_look = now
+        self.looks += 1
+        self._whole(keys, self._blind(now))
 
     def _blind(self, began: float) -> float:
         """Seconds this observer could not rely on the store before the listing that just
@@ -114,10 +145,11 @@ class Watcher(threading.Thread):
         self.liveness.refresh(keys, blind)
         self.liveness.refresh_jobs()  # rate-limited; a no-op without a jobs API
         dead = self.liveness.dead(self._workers, self._finished)
-        if dead - self._dead:
+        if dead - self._dead - self._finished:
             # newly dead: list once more, from now, before anyone takes its modules over. The
             # jobs API (or a beat's silence) can be newer than the listing above, which then
-            # may miss results the worker wrote just before it ended.
+            # may miss results the worker wrote just before it ended. (One that deregistered
+            # wrote its results before its `done` record: the listing that shows it has them.)
             keys = self.store.list(self.keys.root)
             self._note(keys)
             self.liveness.refresh(keys)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .._signals import catching_signals
 from ..errors import CiflowError, ExitCode, Interrupted, RequirementError, UsageError
+from ..model.outcome import Outcome
 from ..model.pipeline import Pipeline
 from ..model.requirements import Capabilities, unmet
 from ..model.spec import changed_field
@@ -31,6 +32,7 @@ from ..stores.base import Store, StoreError
 from ..ui.console import Console
 from . import records
 from .actions import Actions
+from .cadence import Forecast, Outlook
 from .events import (
     Event,
     Finish,
@@ -49,6 +51,7 @@ from .watch import Watcher
 
 if TYPE_CHECKING:
     from ..cache.session import ModuleCache
+    from .resume import Carried
 
 __all__ = ["Worker", "WorkerOptions", "read_plan"]
 
@@ -75,6 +78,7 @@ class WorkerOptions:
     workdir: Path = field(default_factory=Path.cwd)
     cache: str | None = None  # the result cache's store URL (None: no cache)
     rebuild: tuple[str, ...] = ()  # modules whose cache hits are ignored
+    attempt: int | None = None  # the CI run attempt (a later one resumes the run: resume.py)
 
 
 def read_plan(
@@ -124,18 +128,18 @@ class Worker:
     ) -> None:
         self.pipeline = pipeline
         self.store = store
-        self.keys = RunKeys(run_id)
         self.options = options
         self.console = console or Console()
         self.worker_id = new_worker_id(options.slot)
         tools = {t for m in pipeline.modules.values() for t in m.requires.tools}
         self.caps = Capabilities.detect(tools, options.tags, options.jobs)
-        self.results = ResultCache(store, self.keys)
         beat = options.heartbeat_interval or store.profile.heartbeat
         self.heartbeat_interval = beat
         self.heartbeat_timeout = options.heartbeat_timeout or max(10.0, 4 * beat)
         self.slow_poll = options.slow_poll or store.profile.slow_poll
-        self.liveness = Liveness(store, self.keys, self.heartbeat_timeout)
+        self._use_keys(RunKeys(run_id))
+        #: a later CI attempt resuming the run: the plan and what earlier attempts finished
+        self._resumed: tuple[DistributedExecutionPlan, Carried | None] | None = None
         self._inbox: queue.SimpleQueue[Event | Crashed] = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._signals = 0
@@ -145,9 +149,29 @@ class Worker:
         self._contested = False
         self._warned_twice = False
         self._finish_at: dict[str, float] = {}
-        self._drift = 0.0
-        self._known = 0
         self._definition_errors: list[str] = []  # the executor's list, for the deregistration
+
+    def _use_keys(self, keys: RunKeys) -> None:
+        self.keys = keys
+        self.results = ResultCache(self.store, keys)
+        self.liveness = Liveness(self.store, keys, self.heartbeat_timeout)
+
+    def _resume(self) -> None:
+        """In a later CI attempt of a planned run, resume it: own keys, carried results."""
+        from .resume import resume_run
+
+        attempt = self.options.attempt
+        found = None
+        if attempt is not None and attempt > 1:
+            found = resume_run(
+                self.store, self.keys, attempt, self.pipeline, _parse_plan, self._say
+            )
+        if found is not None:
+            self._use_keys(found.keys)
+            if found.carried is not None:
+                c = found.carried
+                self.results.carry(c.headers, c.payloads, c.store or self.store, c.outputs)
+            self._resumed = (found.plan, found.carried)
 
     # ------------------------------------------------------------------ public
 
@@ -164,6 +188,7 @@ class Worker:
         self._phase = "registering"  # until the plan is read, a signal abandons the store call
         registered = False
         try:
+            self._resume()
             own_job = self._watch_jobs()
             if own_job is not None:
                 self.worker_id = new_worker_id(self.options.slot, own_job)
@@ -181,7 +206,10 @@ class Worker:
                 self._leave(exc.exit_code)
             return exc.exit_code
         # the registration is the first sign of life: the first beat follows one interval later
-        beats = HeartbeatThread(self.store, self.keys, self.worker_id, self.heartbeat_interval)
+        beats = HeartbeatThread(
+            self.store, self.keys, self.worker_id, self.heartbeat_interval,
+            longest=self.heartbeat_timeout / 2, say=self._say,
+        )  # fmt: skip
         if own_job is None:
             beats.start()
         else:
@@ -189,7 +217,10 @@ class Worker:
         code: int = ExitCode.USAGE
         try:
             self._phase = "waiting for the plan"
-            plan = read_plan(self.store, self.keys, self.options.plan_timeout, self._stopped)
+            plan = (
+                self._resumed[0] if self._resumed is not None
+                else read_plan(self.store, self.keys, self.options.plan_timeout, self._stopped)
+            )  # fmt: skip
             self._phase = None
             self._check_plan(plan)
             code = self._loop(plan, beats)
@@ -274,11 +305,16 @@ class Worker:
             return None
         self.liveness.jobs = jobs
         self.liveness.jobs_interval = self.heartbeat_timeout / 2
+        self.liveness.say = self._say  # the fallback to heartbeats says so (budget, rate limit)
         job = provider.job_id(os.environ) or ""
         if job not in states:
             why = "CIFLOW_JOB_ID is not set" if not job else f"job {job} is not among the run's"
             self._say(f"liveness: heartbeats ({why}; the action sets it from job.check_run_id)")
             return None
+        self.liveness.heartbeats = lambda: HeartbeatThread(  # started by the fallback, if any
+            self.store, self.keys, self.worker_id, self.heartbeat_interval,
+            longest=self.heartbeat_timeout / 2, say=self._say,
+        )  # fmt: skip
         return job
 
     def _check_plan(self, plan: DistributedExecutionPlan) -> None:
@@ -329,6 +365,7 @@ class Worker:
             unable=frozenset(n for n in names if mods[n].requires.missing(self.caps)),
             start=start,
             cost={m.name: m.finish - m.start for s in plan.slots for m in s.modules},
+            carried=self._carried_outcomes(),
         )
         config = Config(
             worker=self.worker_id,
@@ -343,6 +380,10 @@ class Worker:
             contested=self._contested,
         )
         return WorkerState(plan=view, config=config, keys=self.keys)
+
+    def _carried_outcomes(self) -> dict[str, Outcome]:
+        carried = self._resumed[1] if self._resumed is not None else None
+        return carried.outcomes() if carried is not None else {}
 
     def _cache(self) -> ModuleCache | None:
         """The result cache (`WorkerOptions.cache`), or None."""
@@ -360,7 +401,7 @@ class Worker:
         state = self._machine(plan)
         me = Identity(
             self.worker_id, self.options.slot, self.keys, self.options.workdir,
-            self.options.keep_going,
+            self.options.keep_going, self.options.attempt,
         )  # fmt: skip
         executor = ModuleExecutor(
             self.pipeline, self.store, self.results, me, self.console, self._inbox.put,
@@ -375,6 +416,7 @@ class Worker:
             self.store, self.keys, self.liveness, self._inbox.put, self._say,
             slow_poll=self.slow_poll,
         )  # fmt: skip
+        forecast = Forecast(self._finish_at)  # what the watcher looks for, by the plan
         pending: deque[Event] = deque([Started(time.monotonic())])
         watcher.start()
         code = 0
@@ -391,7 +433,7 @@ class Worker:
                     if answer is not None:
                         pending.append(answer)
                 beats.running = state.running()
-                watcher.expect(self._due(state))
+                watcher.expect(self._due(state, forecast))
                 self._warn_twice(state)
                 self.console.tick()
         finally:
@@ -415,20 +457,11 @@ class Worker:
                 raise item.error
             pending.append(item)
 
-    def _due(self, state: WorkerState) -> float | None:
-        """When the next result this worker waits on is expected, by the plan (monotonic)."""
-        if state.started_at is None or len(state.executing()) >= state.config.jobs:
-            return None  # nothing to start before a module of ours ends: no close watch
-        outcomes = state.outcomes
-        if len(outcomes) > self._known:  # the newest result tells how far behind the plan we are
-            newest = next(reversed(outcomes))
-            self._known = len(outcomes)
-            planned = self._finish_at.get(newest)
-            if planned is not None:
-                self._drift = time.monotonic() - state.started_at - planned
-        base = state.started_at + self._drift
-        due = [self._finish_at.get(n, 0.0) for n in state.ready if n not in state.holds]
-        return base + min(due) if due else None
+    def _due(self, state: WorkerState, forecast: Forecast) -> Outlook:
+        """What the watcher looks for now: when the next result this worker waits on is due
+        by the plan, corrected by how late the results came (None while every job slot is
+        busy), and whether it waits on another worker's record (`cadence.Forecast`)."""
+        return forecast.outlook(state, time.monotonic())
 
     def _warn_twice(self, state: WorkerState) -> None:
         if self._warned_twice:

@@ -69,6 +69,8 @@ class ModuleRecord:
     saved: float = 0.0
     #: content digest of the module's declared outputs after it ran (for dependents' cache keys)
     outputs_digest: str | None = None
+    #: the CI run attempt that produced the outcome (a re-run resumes a run), if known
+    run_attempt: int | None = None
 
     @property
     def state(self) -> str:

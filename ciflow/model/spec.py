@@ -2,7 +2,7 @@
 
 The plan job records `spec_digest` of every module (`planning.plan.PlanInputs.specs`); a worker
 whose pipeline file gives another digest refuses to start and names the module and the field
-(docs/architecture.md, "Re-runs and the plan's pipeline"). The function's code is not part of
+(docs/architecture.md, "Re-runs"). The function's code is not part of
 it: a changed body is the result cache's business, not a different plan.
 """
 
@@ -18,9 +18,12 @@ __all__ = ["FIELDS", "changed_field", "spec_digest", "spec_digests"]
 
 
 def _callable_name(fn: object) -> str | None:
+    """A name of a skip condition that is the same in every process: a function's qualified
+    name (pipeline files import under a generated module name), a `Condition`'s description."""
     if fn is None:
         return None
-    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else f"{type(fn).__qualname__}:{fn!r}"
 
 
 #: the spec fields, in the order their digests are joined (append only: the order is the format)

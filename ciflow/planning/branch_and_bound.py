@@ -1,7 +1,8 @@
 """Depth-first branch and bound for small plain problems, restarted with perturbed orders.
 
 Used by `ciflow.planning.search.plan` after the genetic search when the slots are alike and
-there are no transfers, resources or pinned groups (see `BranchAndBound.applies`).
+there are no transfers, resources, pinned groups or binding slot capacity (see
+`BranchAndBound.applies`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ RUN_NODES = 2_000  # nodes per branch-and-bound restart
 class BranchAndBound:
     """Depth-first branch and bound building the schedule forward in time (DF/IHS style).
 
-    Only for interchangeable slots without transfers, resources or pinned groups: there list
-    scheduling struggles with tight packings, while elsewhere this rarely beat it. At the
+    Only for interchangeable slots without transfers, resources, pinned groups or a binding
+    slot capacity (it ignores loads): there list scheduling struggles with tight packings,
+    while elsewhere this rarely beat it. At the
     earliest time t a slot is free, it starts one of the ready tasks (in priority order; tasks
     starting at the same time in priority order only, as slots are alike) or all slots free at
     t wait for the next event. Pruned by the idle-time budget (slots * target - total work,
@@ -47,6 +49,7 @@ class BranchAndBound:
             and not g.capacity
             and not any(pinned)
             and all(len(e) == g.slots for e in g.eligible)
+            and (g.slot_capacity is None or sum(g.load) <= g.slot_capacity)
             and 0 < g.n <= MAX_TASKS
         )
 

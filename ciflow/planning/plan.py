@@ -62,6 +62,8 @@ class PlanInputs(BaseModel):
     affinity_tolerance: float
     #: per module `ciflow.model.spec.spec_digest`: a worker refuses a pipeline whose spec changed
     specs: dict[str, str] = Field(default_factory=dict)
+    #: per module what it depends on (optional dependencies too): what a re-run must repeat
+    depends_on: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class DistributedExecutionPlan(BaseModel):

@@ -4,8 +4,9 @@
 `Problem` for the scheduling core (`ciflow.planning.scheduler`), and its answer into a
 `DistributedExecutionPlan` (a versioned pydantic model, byte-identical JSON for the same
 inputs). Module constraints come from their one description, `Module.constraints`
-(ciflow/model/constraints.py), requirements from `RunnerPool.missing` (see
-docs/architecture.md, "Planning").
+(ciflow/model/constraints.py), requirements from `RunnerPool.missing`; for a store that limits
+the records a job creates (github://), each slot's estimate stays within it
+(ciflow/planning/creations.py; see docs/architecture.md, "Planning").
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from collections.abc import Collection, Sequence
 from ..errors import RequirementError, UsageError
 from ..model.constraints import Constraints
 from ..model.pipeline import Pipeline, Selection
+from ..model.spec import spec_digests
 from .costs import ModuleCost, Transfer, module_costs, stable
+from .creations import budget_for, module_creations, plan_within, refuse_overflow
 from .history import History
 from .plan import (
     PLAN_SCHEMA_VERSION,
@@ -55,6 +58,8 @@ def plan_pipeline(
     """Compute the plan; raises `RequirementError` for a module no slot can serve.
 
     ``cached``: modules the result cache is expected to have (planned at near-zero cost).
+    A `UsageError` when the store of ``transfer`` limits the records a job creates and a slot
+    cannot stay within it (it names the fewest ``--workers`` that fit).
     """
     if not pools:
         raise UsageError(
@@ -80,8 +85,30 @@ def plan_pipeline(
         pools=list(pools),
         transfer=transfer,
         affinity_tolerance=affinity_tolerance,
+        specs=spec_digests({n: pipeline.modules[n] for n in names}),
+        depends_on={n: [d.name for d in pipeline.modules[n].depends_on] for n in names},
     )
-    return _to_plan(plan(problem), slot_pool, names, inputs)
+    return _to_plan(_schedule(problem, pipeline, names, transfer, pools), slot_pool, names, inputs)
+
+
+def _schedule(
+    problem: Problem,
+    pipeline: Pipeline,
+    names: list[str],
+    transfer: Transfer,
+    pools: Sequence[RunnerPool],
+) -> Schedule:
+    """The searched schedule; within the store's creation budget per slot, if it has one."""
+    budget = budget_for(transfer.store)
+    if budget is None:
+        return plan(problem)
+    loads = [module_creations(pipeline.modules[n]) for n in names]
+    tasks = tuple(dataclasses.replace(t, load=w) for t, w in zip(problem.tasks, loads, strict=True))
+    problem = dataclasses.replace(problem, tasks=tasks)
+    alone = sum(1 for n in names if pipeline.modules[n].constraints.alone)
+    schedule = plan_within(problem, budget, alone)
+    refuse_overflow(problem, schedule, budget, alone, one_pool=len(pools) == 1)
+    return schedule
 
 
 def _tasks(

@@ -1,8 +1,9 @@
 """The scheduling problem and its answer, as plain data (see docs/architecture.md, "Planning").
 
 A `Problem` is tasks (durations, predecessors, transfer costs, eligible slots, exclusive keys,
-counted limits, affinity groups) and a slot count, validated on creation; a `Schedule` is one
-`Placement` per task. Nothing here schedules: see `ciflow.planning.scheduler` for that.
+counted limits, affinity groups, loads) and a slot count with an optional capacity for the
+loads, validated on creation; a `Schedule` is one `Placement` per task. Nothing here
+schedules: see `ciflow.planning.scheduler` for that.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ class Task:
     on different slots; empty means all zero. `slots` restricts the task to some slot indices
     (capability matching), None means any. Tasks sharing an `exclusive` key never overlap in
     time; `limits` names counted resources (capacities in `Problem.limits`). Tasks with the same
-    `affinity` prefer to share one slot.
+    `affinity` prefer to share one slot. `load` counts against its slot's
+    `Problem.slot_capacity` (the store records a module creates: planning/creations.py).
     """
 
     name: str
@@ -34,16 +36,22 @@ class Task:
     exclusive: tuple[str, ...] = ()
     limits: tuple[str, ...] = ()
     affinity: str | None = None
+    load: int = 0
 
 
 @dataclass(frozen=True)
 class Problem:
-    """Tasks (indexed 0..n-1) to place on `slots` identical runners; validated on creation."""
+    """Tasks (indexed 0..n-1) to place on `slots` identical runners; validated on creation.
+
+    `slot_capacity`: the most task `load` one slot may take (None: no limit). A schedule puts
+    more there only when no eligible slot has room left.
+    """
 
     tasks: tuple[Task, ...]
     slots: int
     limits: Mapping[str, int] = field(default_factory=dict)
     affinity_tolerance: float = 0.05
+    slot_capacity: int | None = None
 
     def __post_init__(self) -> None:
         n = len(self.tasks)
@@ -70,6 +78,10 @@ class Problem:
             for name in t.limits:
                 if name not in self.limits:
                     raise ValueError(f"task {t.name!r}: unknown limit {name!r}")
+            if t.load < 0:
+                raise ValueError(f"task {t.name!r}: load must be >= 0, got {t.load}")
+        if self.slot_capacity is not None and self.slot_capacity < 0:
+            raise ValueError(f"slot capacity must be >= 0, got {self.slot_capacity}")
         for name, cap in self.limits.items():
             if cap < 1:
                 raise ValueError(f"limit {name!r}: capacity must be >= 1, got {cap}")

@@ -3,7 +3,8 @@
 `plan` is the scheduler's entry point. Orders start from the priority rules of
 `ciflow.planning.rules` and are mixed by crossover; every order is list scheduled and improved
 by forward-backward passes (`Search.justify`). The search is bounded by an evaluation count,
-never by time, so the same problem and seed always give the same schedule.
+never by time, so the same problem and seed always give the same schedule. With a slot capacity,
+a schedule that keeps it beats any that does not, whatever their makespans.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from .bounds import bound_of
 from .branch_and_bound import MAX_TASKS, RUN_NODES, BranchAndBound
-from .list_scheduling import Result, list_schedule, to_schedule
+from .list_scheduling import Result, list_schedule, overload, to_schedule
 from .problem import Problem, Schedule
 from .rules import BASE, RULES, order_by
 from .taskgraph import TaskGraph, levels
@@ -37,11 +38,14 @@ class Search:
         self.evals = 0
         self.best: Result | None = None
         self.best_by = ""
+        self.best_over = 0
 
     def done(self) -> bool:
-        """Whether the pass budget is spent or the lower bound is met."""
+        """Whether the pass budget is spent or the lower bound is met (within the capacity)."""
         return self.evals >= self.budget or (
-            self.best is not None and self.best.makespan <= self.bound + 1e-9
+            self.best is not None
+            and self.best_over == 0
+            and self.best.makespan <= self.bound + 1e-9
         )
 
     def run(self, order: Sequence[int], graph: TaskGraph | None = None) -> Result:
@@ -49,10 +53,19 @@ class Search:
         self.evals += 1
         return list_schedule(graph or self.g, order, self.pinned)
 
+    def fitness(self, r: Result) -> tuple[int, float]:
+        """What ranks schedules: load beyond the slot capacity first, then the makespan."""
+        return overload(self.g, r.slot), r.makespan
+
     def offer(self, r: Result, by: str) -> None:
-        """Keep `r` as the best schedule if it is shorter, with the name of what found it."""
-        if self.best is None or r.makespan < self.best.makespan - 1e-9:
-            self.best, self.best_by = r, by
+        """Keep `r` as the best schedule if it is better, with the name of what found it."""
+        over = overload(self.g, r.slot)
+        if (
+            self.best is None
+            or over < self.best_over
+            or (over == self.best_over and r.makespan < self.best.makespan - 1e-9)
+        ):
+            self.best, self.best_by, self.best_over = r, by, over
 
     def justify(self, r: Result, by: str) -> Result:
         """Forward-backward improvement: re-pack right, then left, while the makespan drops."""
@@ -105,7 +118,11 @@ def plan(
         return _search(g, bound, [], passes, nodes, seed)
     free = _search(g, bound, [False] * g.n_groups, passes // 2, nodes // 2, seed)
     together = _search(g, bound, [True] * g.n_groups, passes // 2, nodes // 2, seed)
-    if together.makespan <= free.makespan * (1 + problem.affinity_tolerance) + 1e-9:
+    over = [overload(g, [p.slot for p in s.placements]) for s in (free, together)]
+    if over[1] <= over[0] and (
+        over[1] < over[0]
+        or together.makespan <= free.makespan * (1 + problem.affinity_tolerance) + 1e-9
+    ):
         return together
     return free
 
@@ -132,11 +149,11 @@ def _evolve(s: Search, base: list[float]) -> None:
     forward-backward passes.
     """
     g, rng, n = s.g, s.rng, s.g.n
-    pop: list[tuple[float, list[int]]] = []
+    pop: list[tuple[tuple[int, float], list[int]]] = []
 
     def add(order: list[int], by: str) -> None:
         r = s.try_order(order, by)
-        pop.append((r.makespan, sorted(range(n), key=lambda i: (r.start[i], s.pos[i]))))
+        pop.append((s.fitness(r), sorted(range(n), key=lambda i: (r.start[i], s.pos[i]))))
 
     for name, rule in RULES.items():
         if pop and s.done():

@@ -48,6 +48,9 @@ def violations(problem: Problem, schedule: Schedule, eps: float = 1e-9) -> list[
     for s in range(problem.slots):
         group = [i for i, p in enumerate(places) if p.slot == s]
         out += _clashes(tasks, places, group, f"slot {s}", 1, eps)
+        load = sum(tasks[i].load for i in group)
+        if problem.slot_capacity is not None and load > problem.slot_capacity:
+            out.append(f"slot {s}: load {load} above the capacity {problem.slot_capacity}")
     for key in sorted({k for t in tasks for k in t.exclusive}):
         group = [i for i in held if key in tasks[i].exclusive]
         out += _clashes(tasks, places, group, f"exclusive {key!r}", 1, eps)

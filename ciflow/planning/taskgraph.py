@@ -41,6 +41,8 @@ class TaskGraph:
         groups = {name: i for i, name in enumerate(named)}
         self.group = [-1 if t.affinity is None else groups[t.affinity] for t in tasks]
         self.n_groups = len(groups)
+        self.load = [t.load for t in tasks]
+        self.slot_capacity = problem.slot_capacity
         self.topo = topological_order(problem)
         self.pred_ids = [[p for p, _ in ps] for ps in self.preds]
         self.pred_set = [frozenset(p for p, _ in ps) for ps in self.preds]

@@ -27,6 +27,8 @@ class JobInfo:
     slot: int | None
     total: int | None
     run_id: str | None
+    #: which attempt of the CI run this job is (GitHub's "Re-run failed jobs" makes attempt 2)
+    attempt: int | None = None
 
 
 def env_int(env: Mapping[str, str], name: str) -> int | None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import UsageError
-from .base import JobInfo, Provider
+from .base import JobInfo, Provider, env_int
 from .github_jobs import GitHubJobs
 
 __all__ = ["GitHubActions", "escape_data", "escape_property"]
@@ -37,9 +37,14 @@ class GitHubActions(Provider):
         return env.get("GITHUB_ACTIONS") == "true"
 
     def job(self, env: Mapping[str, str]) -> JobInfo:
+        """Run id ``<run>-<attempt>``: a plan made in attempt N names the run of attempt N.
+
+        Workers and the summary of a later attempt ("Re-run failed jobs") take the plan job's
+        ``run-id`` output, or find the newest earlier plan (`ciflow.distributed.resume`).
+        """
         run = env.get("GITHUB_RUN_ID")
-        attempt = env.get("GITHUB_RUN_ATTEMPT", "1")
-        return JobInfo(self.name, None, None, f"{run}-{attempt}" if run else None)
+        attempt = env_int(env, "GITHUB_RUN_ATTEMPT") or 1
+        return JobInfo(self.name, None, None, f"{run}-{attempt}" if run else None, attempt)
 
     def branch(self, env: Mapping[str, str]) -> str | None:
         return env.get("GITHUB_HEAD_REF") or env.get("GITHUB_REF_NAME") or None

@@ -32,20 +32,25 @@ def current(environ: Mapping[str, str] | None = None) -> Provider:
 
 
 def detect_job(environ: Mapping[str, str] | None = None) -> JobInfo:
-    """The slot, slot count and run id the CI system gives this job.
+    """The slot, slot count, run id and run attempt the CI system gives this job.
 
-    ``CIFLOW_SLOT`` and ``CIFLOW_RUN_ID`` override whatever the CI system says.
+    ``CIFLOW_SLOT``, ``CIFLOW_RUN_ID`` and ``CIFLOW_RUN_ATTEMPT`` override whatever the CI
+    system says.
     """
     env = os.environ if environ is None else environ
     info = current(env).job(env)
     slot = env_int(env, "CIFLOW_SLOT")
     run_id = env.get("CIFLOW_RUN_ID") or None
-    if slot is not None or run_id is not None:
+    attempt = env_int(env, "CIFLOW_RUN_ATTEMPT")
+    if slot is not None or run_id is not None or attempt is not None:
         info = JobInfo(
-            info.system, slot if slot is not None else info.slot, info.total, run_id or info.run_id
-        )
+            info.system, slot if slot is not None else info.slot, info.total,
+            run_id or info.run_id, attempt if attempt is not None else info.attempt,
+        )  # fmt: skip
     if info.slot is not None and info.slot < 0:
         raise UsageError(f"{info.system} gave slot {info.slot}; slots start at 0")
+    if info.attempt is not None and info.attempt < 1:
+        raise UsageError(f"{info.system} gave run attempt {info.attempt}; attempts start at 1")
     return info
 
 

@@ -168,6 +168,14 @@ class Store(ABC):
         check_key(key)
         return key in self.list(key)
 
+    def creations_left(self) -> int | None:
+        """How many more keys this client may create, or None for no limit.
+
+        ``github://`` answers GitHub's budget of artifacts per job (500, deleted ones count
+        too) minus what this process created; callers thin optional records near the end.
+        """
+        return None
+
     def create_from_file(self, key: str, path: Path, *, sole: bool = False) -> bool:
         """Like `create`, from a file; backends override this to stream large blobs."""
         return self.create(key, path.read_bytes(), sole=sole)

@@ -40,6 +40,9 @@ class StoreProfile:
     lists_everything: bool = False
     #: workers are CI jobs whose platform API says when one ended (heartbeats not needed)
     ci_jobs_liveness: bool = False
+    #: records one CI job may create in the store over a run (deleted ones count too), None
+    #: for no limit; the planner keeps every slot's estimate within it (planning/creations.py)
+    creations_per_job: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,12 @@ class Backend:
 
 
 _FILE = StoreProfile(latency=0.02, bandwidth=200e6, poll=0.01, slow_poll=0.25, heartbeat=1.0)
-# the results service is rate limited: every look is an API call
+# the results service is rate limited: every look is an API call, so workers look by the plan
+# (docs/architecture.md, "What a worker reads, and how often"): every 0.5 s while a result is
+# due, at most 15 s apart otherwise
 _GITHUB = StoreProfile(
-    latency=3.0, bandwidth=20e6, poll=2.0, slow_poll=5.0, heartbeat=30.0,
-    lists_everything=True, ci_jobs_liveness=True,
+    latency=3.0, bandwidth=20e6, poll=0.5, slow_poll=15.0, heartbeat=30.0,
+    lists_everything=True, ci_jobs_liveness=True, creations_per_job=500,
 )  # fmt: skip
 _GITHUB_CACHE = StoreProfile(latency=3.0, bandwidth=20e6, poll=2.0, slow_poll=5.0, heartbeat=30.0)
 # one process's memory: tests and single-process runs; `wait` wakes at once

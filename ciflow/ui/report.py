@@ -40,6 +40,8 @@ class ModuleReport(BaseModel):
     skip_reason: str | None = None
     worker: str | None = None
     slot: int | None = None
+    #: the CI run attempt that produced the outcome (a resumed run has several)
+    run_attempt: int | None = None
     result: Any = None
     #: ``cache=True`` modules: "hit" or "miss: <what changed>"
     cache: str | None = None
@@ -92,6 +94,7 @@ def build_report(result: RunResult) -> RunReport:
                 skip_reason=MASKER.mask(rec.skip_reason) if rec.skip_reason else None,
                 worker=rec.worker,
                 slot=rec.slot,
+                run_attempt=rec.run_attempt,
                 result=MASKER.mask_data(json.loads(rec.result)) if rec.result else None,
                 cache=rec.cache,
                 saved=round(rec.saved, 6),

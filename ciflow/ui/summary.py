@@ -67,9 +67,9 @@ def render_summary(result: RunResult, problem: str | None = None) -> str:
               f"{format_duration(span.seconds)}"]  # fmt: skip
     if span.skewed:
         lines.append(_skew_note(span.wall, span.seconds))
-    saved = _saved_line(result.records)
-    if saved:
-        lines.append(saved)
+    for extra in (_resumed_line(result.records), _saved_line(result.records)):
+        if extra:
+            lines.append(extra)
     return MASKER.mask("\n".join(lines))
 
 
@@ -100,11 +100,34 @@ def _saved_line(records: list[ModuleRecord]) -> str | None:
 _ERRORS = (Outcome.FAILED, Outcome.TIMED_OUT, Outcome.IGNORED_FAILURE)
 
 
+def run_attempts(records: list[ModuleRecord]) -> set[int]:
+    """The CI run attempts that produced the records (more than one: the run was resumed)."""
+    return {r.run_attempt for r in records if r.run_attempt is not None}
+
+
+def _resumed_line(records: list[ModuleRecord]) -> str | None:
+    """``run attempts: 1: 4 module(s), 2: 2 module(s) (test, report)`` for a resumed run."""
+    attempts = run_attempts(records)
+    if len(attempts) < 2:
+        return None
+    parts = []
+    for attempt in sorted(attempts):
+        names = [r.name for r in records if r.run_attempt == attempt]
+        shown = f" ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
+        parts.append(
+            f"{attempt}: {len(names)} module(s)" + (shown if attempt != min(attempts) else "")
+        )
+    return "run attempts (re-run failed jobs resumed the run): " + "; ".join(parts)
+
+
 def _table(records: list[ModuleRecord]) -> list[str]:
     show_slot = any(r.slot is not None for r in records)
+    show_run = len(run_attempts(records)) > 1
     header = ["module", "outcome", "duration", "start", "end", "attempts"]
     if show_slot:
         header.append("slot")
+    if show_run:
+        header.append("run attempt")
     rows = [header]
     for rec in records:
         row = [
@@ -117,6 +140,8 @@ def _table(records: list[ModuleRecord]) -> list[str]:
         ]
         if show_slot:
             row.append("-" if rec.slot is None else str(rec.slot))
+        if show_run:
+            row.append("-" if rec.run_attempt is None else str(rec.run_attempt))
         rows.append(row)
     widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
     lines = []
@@ -167,8 +192,13 @@ def to_markdown(result: RunResult, footer: str | None = None) -> str:
         + {0: "OK", 130: "interrupted"}.get(result.exit_code, "failed")
         + (" (results missing)" if result.exit_code == ExitCode.INCOMPLETE else ""),
         "",
-        "| module | outcome | duration | slot | error or reason |",
-        "|---|---|---|---|---|",
+    ]
+    resumed = len(run_attempts(records)) > 1  # a resumed run: which attempt produced what
+    lines += [
+        "| module | outcome | duration | slot |"
+        + (" run attempt |" if resumed else "")
+        + " error or reason |",
+        "|---|---|---|---|" + ("---|" if resumed else "") + "---|",
     ]
     for rec in records:
         outcome = rec.state
@@ -177,7 +207,8 @@ def to_markdown(result: RunResult, footer: str | None = None) -> str:
         cell = why[0].replace("|", "\\|") if why else ""
         duration = format_duration(rec.duration) if rec.start is not None else "-"
         slot = "-" if rec.slot is None else str(rec.slot)
-        lines.append(f"| {rec.name} | {outcome} | {duration} | {slot} | {cell} |")
+        run = ("-" if rec.run_attempt is None else str(rec.run_attempt)) + " | " if resumed else ""
+        lines.append(f"| {rec.name} | {outcome} | {duration} | {slot} | {run}{cell} |")
     ran = [r for r in records if r.start is not None and r.end is not None]
     if span.skewed:  # a timeline from disagreeing clocks would be hours wide: leave it out
         lines += ["", _skew_note(span.wall, span.seconds)]
@@ -189,9 +220,9 @@ def to_markdown(result: RunResult, footer: str | None = None) -> str:
             start = (rec.start or origin) - origin
             sections.setdefault(label, []).append((rec.name, start, (rec.end or origin) - origin))
         lines += ["", "```mermaid", to_gantt("what ran where", list(sections.items())), "```"]
-    saved = _saved_line(result.records)
-    if saved:
-        lines += ["", saved]
+    for extra in (_resumed_line(result.records), _saved_line(result.records)):
+        if extra:
+            lines += ["", extra]
     if footer:
         lines += ["", footer]
     return MASKER.mask("\n".join(lines)) + "\n"

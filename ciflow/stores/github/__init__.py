@@ -3,6 +3,7 @@
 One module per piece: `runtime` (the runner's URL and token), `naming` (namespaces, artifact
 names), `twirp` (the results service's JSON calls), `blobs` (signed-URL uploads and downloads),
 `zipframe` (the artifact value format), `download` (the stores' shared base), `artifacts`
-(`GitHubArtifactStore`) and `cache` (`GitHubCacheStore`). All HTTP goes through the one retrying
-`ciflow.stores.transport.Transport`.
+(`GitHubArtifactStore`, with `listing`: what a listing shows, `creates`: held names and the
+probe, `budget`: 500 creations per job) and `cache` (`GitHubCacheStore`). All HTTP goes
+through the one retrying `ciflow.stores.transport.Transport`.
 """

@@ -1,123 +1,88 @@
 """The GitHub Actions artifact store, ``github://``: one artifact (v4) per key in the current run.
 
-URL forms: ``github://`` (artifact names ``ciflow~…``) or ``github://NS`` (names ``ciflow-NS~…``);
-keys are encoded into artifact names by `artifact_name` (see `ciflow.stores.github.naming`). The
-runner's configuration is read by `ciflow.stores.github.runtime`.
+URL forms: ``github://`` (artifact names ``ciflow~…``) or ``github://NS`` (``ciflow-NS~…``), with
+``?retention_days=N`` (1 to 90; else ``CIFLOW_RETENTION_DAYS``, else 1) and ``?stale_after=S``
+(300). Keys become artifact names by `artifact_name` (`ciflow.stores.github.naming`).
 
 Protocol (the Twirp JSON service of ``@actions/artifact``, `ciflow.stores.github.twirp`):
-CreateArtifact, an upload to the signed Azure URL (`ciflow.stores.github.blobs`),
-FinalizeArtifact; ListArtifacts, GetSignedArtifactURL and a download; DeleteArtifact. A value is
-a ZIP archive with one member ``data`` (`ciflow.stores.github.zipframe`).
+CreateArtifact (``version`` 7, ``mime_type`` application/zip, ``expires_at`` now + the
+retention, as the toolkit sends them), an upload to the signed blob URL, FinalizeArtifact;
+ListArtifacts, GetSignedArtifactURL and a download; DeleteArtifact. A value is a ZIP archive
+with one member ``data`` (`ciflow.stores.github.zipframe`).
 
-Atomic create: CreateArtifact answers 409 for a name that exists in the run. Whether an
-unfinalized artifact already reserves its name is not confirmed, so the winner is decided by
-reading back: after FinalizeArtifact, list the artifacts of that name; the winner is the entry
-with the lowest ``database_id`` (then ``created_at``). Only FinalizeArtifact returns an artifact
-id, so ids are taken to be given at finalization: the lowest id is the earliest finalized entry,
-and every racer that reads back after its own finalization sees it. A loser deletes its entry
-when that cannot hit another one (the winner belongs to another job); readers always use the
-winner, and `GitHubArtifactStore.delete` removes the winner.
+Nothing here rests on what GitHub does not document (docs/architecture.md, "The github store
+and GitHub's artifact service"; `tests/test_github_assumptions.py` runs every combination):
 
-API calls (``self.stats`` counts each HTTP attempt by RPC name, ``blob-upload`` and
-``blob-download``, next to the operation names): create = CreateArtifact + upload (1 PUT, or
-blocks + 1 block list) + FinalizeArtifact + ListArtifacts; create of an existing key = 1;
-get = ListArtifacts + GetSignedArtifactURL + download (1 if absent); list = 1 ListArtifacts for
-every job of the run; delete = ListArtifacts + DeleteArtifact (1 if absent); exists = 0 within
-`poll` of the last listing, else 1 ListArtifacts.
+- **Create-once.** A 409 only says a name is held. A finalized artifact wins when no other of
+  its name can exist (names held from CreateArtifact on, found out once per run by a probe
+  name created twice: `ciflow.stores.github.creates.probe`), else by reading the name back:
+  the value is the winner of `ciflow.stores.github.listing.winner` (lowest generation, then
+  id); a loser deletes its own.
+- **Unfinalized artifacts** may hold their name, be listed (size 0: never a value) or not be
+  deletable. A 409 without a value is waited for; held for ``stale_after`` seconds, the key
+  moves to its next generation name (``<name>!1``), which readers look up too. A writer that
+  could not finalize within half of ``stale_after`` gives its artifact up and starts again.
+- **Listings may be parts of the run** (ListArtifacts cannot page): `get`, `delete` and a
+  missed `exists` look names up (``name_filter``); `list` keeps what earlier listings showed
+  once one is shown to be cut (`ciflow.stores.github.listing.View`).
+- **Budget**: every creation counts against GitHub's 500 per job (`ciflow.stores.github.budget`,
+  `creations_left`); past it, and on the account's storage quota, a create fails in one line.
 
-Retries: the shared `Transport` retries transient failures up to ``max_attempts`` times with
-capped, jittered backoff or as long as ``Retry-After`` says; ``stats`` counts them as
-``retries``.
-
-Lost answers: when a retried CreateArtifact gets 409 after an attempt whose answer was lost, the
-name may be held by our own unfinalized artifact; if no finalized entry exists, the store deletes
-its job's artifact of that name and creates again (a 409 without a lost answer is just False). A
-retried FinalizeArtifact that fails is settled by the read-back. Creates of one name by one job
-are serialised within a process, so "our entry" is the one of our job. The rule assumes the
-listing shows every finalized artifact (a missing own entry is listed again after short pauses).
-
-Limits: GitHub keeps at most 500 artifacts per job; a writer that dies between CreateArtifact and
-FinalizeArtifact may leave its name blocked for the run if GitHub reserves names at creation
-(create then answers False and get None).
+API calls (``self.stats`` counts each HTTP attempt by RPC name, ``blob-upload``,
+``blob-download``): create = CreateArtifact + upload (1 PUT, or blocks + 1 block list) +
+FinalizeArtifact (+ 1 ListArtifacts by name where names may have duplicates; the probe once);
+create of an existing key = CreateArtifact + 1 ListArtifacts by name unless a recent listing
+shows it; get = GetSignedArtifactURL + download, after 1 ListArtifacts by name per generation
+unless a listing showed the key; list = 1 ListArtifacts; delete = DeleteArtifact after a lookup
+by name (none for a key this store created); exists = 0 when a listing at most `poll` old shows
+the key, else a lookup. Retries: the shared `Transport`. A retried CreateArtifact that gets 409
+after a lost answer may meet our own unfinalized artifact: without a value, the store deletes
+its job's artifact of the name and creates again; a retried FinalizeArtifact that fails is
+settled by the read-back. Creates of one name by one job are serialised within a process.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import json
-import threading
 import time
 import zlib
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ...errors import UsageError
 from ..base import StoreError
 from .blobs import CHUNK, Pieces
+from .budget import ARTIFACT_BUDGET, Budget, budget_error, quota_error
+from .creates import Again, Held, exclusive, failpoint, name_lock, probe
 from .download import DownloadingStore, Sink
-from .naming import artifact_name, key_from_name, name_prefix
+from .listing import Entry, View, winner
+from .naming import (
+    MAX_GENERATION,
+    artifact_name,
+    generation_name,
+    key_from_name,
+    name_generation,
+    name_prefix,
+    retention_days,
+)
 from .twirp import TwirpError, get_field
 from .zipframe import unzip_first, zip_frame
 
 __all__ = ["ARTIFACT_SERVICE", "GitHubArtifactStore"]
 
 ARTIFACT_SERVICE = "github.actions.results.api.v1.ArtifactService"
-#: the artifact version the v4 toolkit creates (a zip archive)
-ARTIFACT_VERSION = 4
-#: pauses before listing again when the read-back after FinalizeArtifact misses our artifact
+#: what CreateArtifact says of the artifact, as ``@actions/artifact`` 2.3+ sends it
+ARTIFACT_VERSION = 7
+MIME_TYPE = "application/zip"
+#: days an artifact is kept unless the URL or ``CIFLOW_RETENTION_DAYS`` say otherwise
+DEFAULT_RETENTION_DAYS = 1
+#: seconds a name held by an unfinalized artifact is waited for before the next generation
+STALE_AFTER = 300.0
+#: pauses before looking up again when the read-back misses our artifact
 READ_BACK_PAUSES = (0.2, 0.5, 1.0)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One finalized artifact of the run."""
-
-    name: str
-    job_id: str
-    id: int
-    created_at: str
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> Entry:
-        try:
-            ident = int(get_field(raw, "database_id") or 0)
-        except (TypeError, ValueError):
-            ident = 0
-        created = get_field(raw, "created_at")
-        return cls(
-            name=str(raw.get("name") or ""),
-            job_id=str(get_field(raw, "workflow_job_run_backend_id") or ""),
-            id=ident,
-            created_at=created if isinstance(created, str) else json.dumps(created),
-        )
-
-
-_NAME_LOCKS: dict[tuple[str, ...], tuple[threading.Lock, int]] = {}
-_NAME_LOCKS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def _name_lock(*ident: str) -> Iterator[None]:
-    """Serialise creates of one name by one job within this process (so "ours" is unique)."""
-    with _NAME_LOCKS_GUARD:
-        lock, users = _NAME_LOCKS.get(ident, (threading.Lock(), 0))
-        _NAME_LOCKS[ident] = (lock, users + 1)
-    try:
-        with lock:
-            yield
-    finally:
-        with _NAME_LOCKS_GUARD:
-            lock, users = _NAME_LOCKS[ident]
-            if users == 1:
-                del _NAME_LOCKS[ident]
-            else:
-                _NAME_LOCKS[ident] = (lock, users - 1)
-
-
-def _earliest_first(entry: Entry) -> tuple[int, str]:
-    return entry.id, entry.created_at
 
 
 class GitHubArtifactStore(DownloadingStore):
@@ -125,15 +90,32 @@ class GitHubArtifactStore(DownloadingStore):
 
     scheme = "github"
     service = ARTIFACT_SERVICE
+    url_options = frozenset({"retention_days", "stale_after"})
 
     def _setup(self) -> None:
         self.prefix = name_prefix(self.namespace)
-        self._listed: dict[str, Entry] = {}  # name -> earliest finalized entry, last listing
-        self._own: set[str] = set()  # names this store created (and won): deleted without a look
-        # the newest listing and its time (as this store's own creates and deletes changed it)
-        self._fresh: tuple[float, list[Entry]] = (float("-inf"), [])
+        days = self.options.get("retention_days") or self.env.get("CIFLOW_RETENTION_DAYS")
+        what = "retention_days" if "retention_days" in self.options else "CIFLOW_RETENTION_DAYS"
+        self.retention_days = retention_days(days or DEFAULT_RETENTION_DAYS, what)
+        self.stale_after = STALE_AFTER
+        if "stale_after" in self.options:
+            try:
+                self.stale_after = float(self.options["stale_after"])
+            except ValueError:
+                self.stale_after = -1.0
+            if not self.stale_after > 0:
+                raise UsageError(f"stale_after in {self.url!r} must be a number of seconds")
+        runtime = self.runtime
+        self.budget = Budget(runtime.origin, runtime.run_id, runtime.job_id, limit=ARTIFACT_BUDGET)
+        self.view = View()
+        #: whether CreateArtifact holds a name from creation on (None: probe the service)
+        self.names_held: bool | None = None
+        self._burnt: dict[str, int] = {}  # base name -> the first generation not known held
         self._polled = 0.0  # the time of the listing `wait` looked at last
-        self._fresh_changed = threading.Condition()
+
+    def creations_left(self) -> int | None:
+        """Artifacts this job may still create (GitHub's 500 per job, deleted ones count)."""
+        return self.budget.left()
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -143,37 +125,37 @@ class GitHubArtifactStore(DownloadingStore):
             "workflow_job_run_backend_id": job_id or self.runtime.job_id,
         }
 
-    def _entries(self, name: str | None = None) -> list[Entry]:
-        """Finalized artifacts of the run (with ``name`` only), earliest first.
-
-        Always one unfiltered ListArtifacts call (it costs the same as a filtered one): every
-        listing, a create's read-back included, refreshes what `list`, `get` and `wait` see.
-        """
+    def _list_all(self) -> list[Entry]:
+        """One unfiltered ListArtifacts: what `list`, `wait` and `exists` see (it may be a part
+        of the run; an artifact of ours it misses is looked up to find out)."""
+        sent = time.monotonic()
         resp, _ = self.twirp.rpc("ListArtifacts", self._ids())
-        raw = resp.get("artifacts") or []
-        entries = [Entry.parse(a) for a in raw if isinstance(a, dict)]
-        entries.sort(key=_earliest_first)
-        with self._fresh_changed:
-            for entry in reversed(entries):  # earliest last: the winner of each name stays
-                self._listed[entry.name] = entry
-            self._fresh = (time.monotonic(), entries)
-            self._fresh_changed.notify_all()
-        if name is not None:
-            entries = [e for e in entries if e.name == name]
-        return entries
+        raw = [Entry.parse(a) for a in resp.get("artifacts") or [] if isinstance(a, dict)]
+        missing = self.view.note(raw, sent)
+        if missing:
+            if any(e.value for e in self._lookup(missing[0].name)):
+                self.view.cut()
+            else:
+                self.view.gone(missing[0])  # another job deleted it
+        return self.view.snapshot()[1]
 
-    def _remember(self, entry: Entry) -> None:
-        """Add an artifact this store just created and won to what it knows of the listing."""
-        with self._fresh_changed:
-            self._listed.setdefault(entry.name, entry)
-            stamp, entries = self._fresh
-            self._fresh = (stamp, sorted([*entries, entry], key=_earliest_first))
+    def _lookup(self, name: str) -> list[Entry]:
+        """The artifacts named ``name``, finalized or not (ListArtifacts by name), by id."""
+        resp, _ = self.twirp.rpc("ListArtifacts", {**self._ids(), "name_filter": name})
+        found = [Entry.parse(a) for a in resp.get("artifacts") or [] if isinstance(a, dict)]
+        return sorted((e for e in found if e.name == name), key=Entry.order)
 
-    def _forget(self, name: str, job_id: str) -> None:
-        """Drop an artifact this store deleted from what it knows of the listing."""
-        with self._fresh_changed:
-            stamp, entries = self._fresh
-            self._fresh = (stamp, [e for e in entries if (e.name, e.job_id) != (name, job_id)])
+    def _values(self, name: str, upto: int = MAX_GENERATION) -> list[Entry]:
+        """The finalized artifacts of a key (``name``: generation 0) by name, earliest first:
+        generations up to ``upto``, stopping at the first that has one."""
+        for gen in range(upto + 1):
+            current = generation_name(name, gen)
+            if current is None:
+                break
+            found = [e for e in self._lookup(current) if e.value]
+            if found:
+                return found
+        return []
 
     def _keys(self, entries: list[Entry], prefix: str) -> list[str]:
         keys = {key_from_name(e.name, self.prefix) for e in entries}
@@ -189,90 +171,168 @@ class GitHubArtifactStore(DownloadingStore):
             raise
         return True
 
+    def _release(self, name: str) -> None:
+        """Delete our artifact of ``name`` (an upload we give up), errors aside."""
+        with contextlib.suppress(StoreError):
+            self._delete_entry(name, self.runtime.job_id)
+
     def _name(self, key: str) -> str:
         return artifact_name(key, self.prefix)
+
+    def _body(self, name: str) -> dict[str, Any]:
+        expires = datetime.now(UTC) + timedelta(days=self.retention_days)
+        return {
+            **self._ids(), "name": name, "version": ARTIFACT_VERSION, "mime_type": MIME_TYPE,
+            "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }  # fmt: skip
 
     # -- create ----------------------------------------------------------------------------------
 
     def _create(self, key: str, name: str, pieces: Pieces, total: int, sole: bool) -> bool:
-        with _name_lock(self.runtime.origin, self.runtime.run_id, self.runtime.job_id, name):
-            for _ in range(self.transport.max_attempts):  # again only after removing our own orphan
-                try:
-                    resp, _ = self.twirp.rpc(
-                        "CreateArtifact", {**self._ids(), "name": name, "version": ARTIFACT_VERSION}
-                    )
-                except TwirpError as exc:
-                    if not exc.exists:
-                        raise
-                    if exc.ambiguous and self._remove_own_orphan(name):
-                        continue
-                    return False
-                upload_url = get_field(resp, "signed_upload_url")
-                if get_field(resp, "ok") is False or not isinstance(upload_url, str):
-                    raise StoreError(f"github store: CreateArtifact for {key!r} was not accepted")
-                return self._upload_and_decide(key, name, upload_url, pieces, total, sole)
+        runtime = self.runtime
+        with name_lock(runtime.origin, runtime.run_id, runtime.job_id, name):
+            gen, again = self._burnt.get(name, 0), 0
+            held = Held(self.stale_after)
+            while gen <= MAX_GENERATION and again <= self.transport.max_attempts:
+                current = generation_name(name, gen)
+                if current is None:
+                    break
+                outcome = self._attempt(key, name, current, gen, pieces, total, sole)
+                if outcome is Again.HELD:
+                    if self._values(name, min(gen + 1, MAX_GENERATION)):
+                        return False  # a value showed (here, or a successor's)
+                    if held.over():  # its writer is taken for dead
+                        gen, held = gen + 1, Held(self.stale_after)
+                        self._burnt[name] = gen
+                    else:
+                        self.transport.sleep(held.pause())
+                elif outcome is Again.SAME:
+                    again += 1
+                else:
+                    return outcome
+        if again > self.transport.max_attempts:
+            raise StoreError(
+                f"github store: cannot create {key!r}: {again} uploads were lost or took longer "
+                f"than half of stale_after ({self.stale_after:g} s); raise ?stale_after= in the "
+                "store URL on a slow network"
+            )
         raise StoreError(
-            f"github store: cannot create {key!r}: its name stays taken by a lost request"
+            f"github store: cannot create {key!r}: its artifact names stay held by uploads that "
+            "were never finalized (writers that died, or lost requests); use another store "
+            "or re-run the workflow"
         )
 
-    def _remove_own_orphan(self, name: str) -> bool:
+    def _attempt(
+        self, key: str, name: str, current: str, gen: int, pieces: Pieces, total: int, sole: bool
+    ) -> bool | Again:
+        """One CreateArtifact of ``current`` (generation ``gen`` of ``name``) and what follows."""
+        started = time.monotonic()
+        self.budget.spend(key)
+        try:
+            resp, _ = self.twirp.rpc("CreateArtifact", self._body(current))
+        except TwirpError as exc:
+            if not exc.ambiguous:
+                self.budget.refund()
+            if exc.limit:
+                raise budget_error(key, self.budget.limit, self.budget.used, exc.msg) from None
+            if exc.quota:
+                raise quota_error(key, exc.msg) from None
+            if not exc.exists:
+                raise
+            if exc.ambiguous and self._remove_own_orphan(name, current, gen):
+                return Again.SAME
+            stamp, entries = self.view.snapshot()
+            if time.monotonic() - stamp < self.poll and any(e.base == name for e in entries):
+                return False  # the newest listing shows the value: no need to look
+            return Again.HELD
+        upload_url = get_field(resp, "signed_upload_url")
+        if get_field(resp, "ok") is False or not isinstance(upload_url, str):
+            raise StoreError(f"github store: CreateArtifact for {key!r} was not accepted")
+        return self._upload_and_decide(key, current, gen, upload_url, pieces, total, sole, started)
+
+    def _remove_own_orphan(self, name: str, current: str, gen: int) -> bool:
         """After a lost CreateArtifact answer and a 409: drop our unfinalized artifact if any."""
-        if self._entries(name):
+        if self._values(name, gen):
             return False  # a finalized value exists: the key is taken
-        return self._delete_entry(name, self.runtime.job_id)
+        return self._delete_entry(current, self.runtime.job_id)
 
     def _upload_and_decide(
-        self, key: str, name: str, url: str, pieces: Pieces, total: int, sole: bool
-    ) -> bool:
+        self, key: str, name: str, gen: int, url: str, pieces: Pieces, total: int, sole: bool,
+        started: float,
+    ) -> bool | Again:  # fmt: skip
         try:
             sha = self.blobs.upload(url, pieces, total)
         except Exception:
-            with contextlib.suppress(StoreError):
-                self._delete_entry(name, self.runtime.job_id)  # release the name
+            self._release(name)
             raise
+        failpoint(key)
+        if not sole and time.monotonic() - started > self.stale_after / 2:
+            self._release(name)  # too late to finalize: others may take us for dead
+            return Again.SAME
         body = {**self._ids(), "name": name, "size": str(total), "hash": f"sha256:{sha}"}
         ours: int | None = None
         try:
             resp, _ = self.twirp.rpc("FinalizeArtifact", body)
             if get_field(resp, "ok") is False:
-                with contextlib.suppress(StoreError):
-                    self._delete_entry(name, self.runtime.job_id)
+                self._release(name)
                 raise StoreError(f"github store: FinalizeArtifact for {key!r} was not accepted")
             with contextlib.suppress(TypeError, ValueError):
                 ours = int(get_field(resp, "artifact_id") or 0) or None
         except TwirpError as exc:
+            if exc.exists:  # another artifact of the name was finalized first
+                self._release(name)
+                return False
             if not exc.ambiguous:  # may have finalized on a lost attempt: read back below
-                with contextlib.suppress(StoreError):
-                    self._delete_entry(name, self.runtime.job_id)
+                self._release(name)
+                if exc.not_found:
+                    return Again.SAME  # our unfinalized artifact went (deleted, expired)
                 raise
-            ours = None
-        if sole and ours is not None:
-            self._own.add(name)
-            self._remember(Entry(name, self.runtime.job_id, ours, ""))
-            return True  # finalized, and nobody else creates this key: no read-back needed
-        entries = self._entries(name)
+        late = time.monotonic() - started
+        if ours is not None and (sole or (gen == 0 and late <= self.stale_after and self._alone())):
+            self.view.won(Entry(name, self.runtime.job_id, ours, "", total))
+            return True  # finalized, and no other artifact of the name can be: no read-back
+        return self._read_back(key, name, gen, ours, late)
+
+    def _alone(self) -> bool:
+        """Whether a finalized artifact is the only one of its name (names held from
+        CreateArtifact on): ``names_held``, else `probe` once per run and process."""
+        if self.names_held is not None:
+            return self.names_held
+        return exclusive((self.runtime.origin, self.runtime.run_id), lambda: probe(self))
+
+    def _read_back(
+        self, key: str, name: str, gen: int, ours: int | None, late: float
+    ) -> bool | Again:
+        """Decide a finalized create from the key's artifacts by name: ours must be the winner."""
+        base = name_generation(name)[0]
+        entries = self._values(base, gen)
+        if entries and entries[0].generation < gen:  # a value in an earlier generation wins
+            self._release(name)
+            return False
+        job = self.runtime.job_id
         for pause in READ_BACK_PAUSES:  # ours must be listed: give a lagging listing a moment
-            if any(e.job_id == self.runtime.job_id for e in entries):
+            if any(e.job_id == job and e.name == name for e in entries):
                 break
             self.transport.sleep(pause)
-            entries = self._entries(name)
-        mine = [e for e in entries if e.job_id == self.runtime.job_id]
+            entries = self._values(base, gen)
+        mine = [e for e in entries if e.job_id == job and e.name == name]
         if ours is None and len(mine) == 1:
             ours = mine[0].id
-        if ours is None or all(e.id != ours for e in entries):
+        if ours is None or all(e.id != ours for e in mine):
             # not finalized, or deleted at once by another client: not in the store
-            with contextlib.suppress(StoreError):
-                self._delete_entry(name, self.runtime.job_id)
+            self._release(name)
             if ours is None:
                 raise StoreError(f"github store: FinalizeArtifact for {key!r} left no artifact")
             return False
-        winner = entries[0]
-        if winner.id == ours:
-            self._own.add(name)
+        best = winner(entries)
+        if best is not None and best.id == ours and best.name == name:
+            if late > self.stale_after:  # taken for dead meanwhile? never claim a late win
+                self._release(name)
+                return Again.SAME
+            self.view.won(best)
             return True
-        if winner.job_id != self.runtime.job_id and len(mine) == 1:
-            with contextlib.suppress(StoreError):
-                self._delete_entry(name, self.runtime.job_id)
+        if best is not None and (best.job_id != job or best.name != name) and len(mine) == 1:
+            self._release(name)
         return False
 
     def create(self, key: str, data: bytes, *, sole: bool = False) -> bool:
@@ -324,26 +384,25 @@ class GitHubArtifactStore(DownloadingStore):
 
     def _download(self, key: str, sink: Sink) -> bool:
         name = self._name(key)
-        winner = self._listed.get(name)  # from the last full listing: saves a ListArtifacts
+        known = None if self.view.suspect() else self.view.winners.get(name)
         url: object = None
-        for fresh in (winner is None, True):
+        for fresh in (known is None, True):
             if fresh:
-                entries = self._entries(name)
-                if not entries:
+                known = winner(self._values(name))
+                if known is None:
                     return False
-                winner = entries[0]
-            assert winner is not None
+            assert known is not None
             try:
                 resp, _ = self.twirp.rpc(
-                    "GetSignedArtifactURL", {**self._ids(winner.job_id), "name": name}
+                    "GetSignedArtifactURL", {**self._ids(known.job_id), "name": known.name}
                 )
             except TwirpError as exc:
                 if not exc.not_found:
                     raise
-                self._listed.pop(name, None)
+                self.view.forget(name)
                 if fresh:
-                    return False  # deleted since the listing
-                continue  # the listed one went (a loser of a create race): list again
+                    return False  # deleted since the lookup
+                continue  # the listed one went (a loser of a create race): look it up
             url = get_field(resp, "signed_url")
             break
         if not isinstance(url, str) or not url:
@@ -360,19 +419,20 @@ class GitHubArtifactStore(DownloadingStore):
     def list(self, prefix: str) -> list[str]:
         """Sorted keys starting with ``prefix`` (one ListArtifacts call sees every job's)."""
         self.stats.add("list")
-        return self._keys(self._entries(), prefix)
+        return self._keys(self._list_all(), prefix)
 
     def _wait(
         self, prefix: str, known: Collection[str], deadline: float, poll: float
     ) -> builtins.list[str]:
         """`Store.wait`, listing at most once per ``poll``.
 
-        A listing this store made meanwhile for another reason (a create's read-back, a get)
-        counts as that poll, and wakes the waiter at once.
+        A listing this store made meanwhile for another reason (a `list`, an `exists`) counts
+        as that poll, and wakes the waiter at once.
         """
+        view = self.view
         while True:
-            with self._fresh_changed:
-                stamp, entries = self._fresh
+            with view.changed:
+                stamp, entries = view.stamp, list(view.entries)
                 now = time.monotonic()
                 fresh: list[Entry] | None = None
                 if stamp > self._polled:  # a listing nobody waiting has looked at yet
@@ -382,48 +442,41 @@ class GitHubArtifactStore(DownloadingStore):
                     remaining = deadline - now
                     if remaining <= 0:
                         return self._keys(entries, prefix)
-                    self._fresh_changed.wait(min(stamp + poll - now, remaining))
+                    view.changed.wait(min(stamp + poll - now, remaining))
                     continue
             if fresh is None:
                 self.stats.add("list")
-                fresh = self._entries()
-                with self._fresh_changed:
-                    self._polled = max(self._polled, self._fresh[0])
+                fresh = self._list_all()
+                with view.changed:
+                    self._polled = max(self._polled, view.stamp)
             keys = self._keys(fresh, prefix)
             if time.monotonic() >= deadline or any(k not in known for k in keys):
                 return keys
 
     def exists(self, key: str) -> bool:
-        """Whether ``key`` has a value, from a listing at most `poll` old (else 1 ListArtifacts).
-
-        Like `wait`, it answers from this store's newest listing (of a `list`, a `get`, a
-        create's read-back) while that is recent: a key another job created or deleted since
-        may be missed until the next listing. Its own creates and deletes it sees at once.
+        """Whether ``key`` has a value: from a listing at most `poll` old when it shows the key
+        (its own creates and deletes this store sees at once), else looked up by name (a
+        listing may be a part of the run): a key another job deleted since may still show.
         """
         name = self._name(key)
         self.stats.add("exists")
-        with self._fresh_changed:
-            stamp, entries = self._fresh
-        if time.monotonic() - stamp >= self.poll:
-            entries = self._entries()
-        return any(e.name == name for e in entries)
+        stamp, entries = self.view.snapshot()
+        if time.monotonic() - stamp < self.poll and any(e.base == name for e in entries):
+            return True
+        return bool(self._values(name))
 
     def delete(self, key: str) -> None:
-        """Delete the artifact holding ``key``'s value, the earliest of its name (absent is fine).
+        """Delete the artifact holding ``key``'s value (absent is fine).
 
-        Later entries of the name are racers' leftovers that their writers remove; deleting
+        Later entries of its name are racers' leftovers that their writers remove; deleting
         them here could remove a value created while this delete runs. A value this store
-        created is deleted without listing first.
+        created is deleted without looking it up first.
         """
         name = self._name(key)
         self.stats.add("delete")
-        self._listed.pop(name, None)
-        if name in self._own:  # ours, and the earliest of its name: no need to look
-            self._own.discard(name)
-            self._delete_entry(name, self.runtime.job_id)
-            self._forget(name, self.runtime.job_id)
-            return
-        entries = self._entries(name)
-        if entries:
-            self._delete_entry(name, entries[0].job_id)
-            self._forget(name, entries[0].job_id)
+        own = self.view.own.get(name)
+        found = own or winner(self._values(name))
+        self.view.forget(name)
+        if found is not None:
+            self._delete_entry(found.name, found.job_id)
+            self.view.gone(found)

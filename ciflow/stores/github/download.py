@@ -19,7 +19,7 @@ import requests
 from ..base import Sink, Store, check_key, into_file
 from ..transport import MAX_ATTEMPTS, Transport
 from .blobs import Blobs
-from .naming import parse_namespace
+from .naming import parse_store_url
 from .runtime import runtime_from_env
 from .twirp import Twirp
 
@@ -36,13 +36,17 @@ class DownloadingStore(Store):
     ``sink()`` returns (called again to restart after a retry), True if found.
 
     ``env`` replaces the process environment, ``sleep`` the pause between retries,
-    ``session`` the HTTP session (tests pass their own).
+    ``session`` the HTTP session (tests pass their own). The URL's options
+    (``scheme://NS?name=value``) must be among the subclass's ``url_options``; `_setup` finds
+    them in ``self.options`` and the environment in ``self.env``.
     """
 
     #: the URL scheme (``github``); also names the store in messages (``github store``)
     scheme: ClassVar[str]
     #: the Twirp service of the results service the store calls
     service: ClassVar[str]
+    #: the options the store's URL may carry
+    url_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -55,8 +59,9 @@ class DownloadingStore(Store):
     ) -> None:
         url = url or f"{self.scheme}://"
         super().__init__(url)
-        self.namespace = parse_namespace(url, self.scheme)
-        self.runtime = runtime_from_env(os.environ if env is None else env, self.scheme)
+        self.namespace, self.options = parse_store_url(url, self.scheme, self.url_options)
+        self.env: Mapping[str, str] = os.environ if env is None else env
+        self.runtime = runtime_from_env(self.env, self.scheme)
         self.transport = Transport(
             f"{self.scheme} store", session=session, sleep=sleep, max_attempts=max_attempts,
             count=self.stats.add, trouble=self.stats.trouble,

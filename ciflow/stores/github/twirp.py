@@ -7,6 +7,11 @@ Retries (besides the transport's: HTTP 408, 429, 5xx, 403 with ``Retry-After``, 
 errors, timeouts): bodies that are not a JSON object, and the Twirp codes in `RETRY_CODES`.
 Other errors raise `TwirpError`, a `StoreError` naming the RPC, HTTP status and Twirp code and
 message; 401 and 403 raise `TwirpAuthError`, a `StoreUnavailable` (never retried).
+
+Two refusals are final whatever their status or code (a 429 or ``resource_exhausted`` too): the
+storage quota (the service's message says "insufficient usage", which ``@actions/artifact``
+reports as "Artifact storage quota has been hit") and a job's artifact limit (the message names
+a limit of artifacts). They are never retried: `TwirpError.quota`, `TwirpError.limit`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ __all__ = ["RETRY_CODES", "Twirp", "TwirpAuthError", "TwirpError", "get_field", 
 RPC_TIMEOUT = (10.0, 60.0)
 #: Twirp codes that are worth another attempt whatever the HTTP status says
 RETRY_CODES = frozenset({"unavailable", "resource_exhausted", "aborted", "deadline_exceeded"})
+#: what the service's message says when the account's artifact storage quota is used up (the
+#: text ``@actions/artifact`` looks for: `UsageError.isUsageErrorMessage`)
+QUOTA_MARK = "insufficient usage"
 
 
 class TwirpError(StoreError):
@@ -53,6 +61,28 @@ class TwirpError(StoreError):
     @property
     def not_found(self) -> bool:
         return self.code == "not_found" or (self.status == 404 and self.code in ("", "bad_route"))
+
+    @property
+    def quota(self) -> bool:
+        """The account's artifact storage quota is used up."""
+        return _quota(self.msg)
+
+    @property
+    def limit(self) -> bool:
+        """The job may create no more artifacts (GitHub allows 500 per job)."""
+        return _limit(self.code, self.msg)
+
+
+def _quota(msg: str) -> bool:
+    text = msg.lower()
+    return QUOTA_MARK in text or "storage quota" in text
+
+
+def _limit(code: str, msg: str) -> bool:
+    text = msg.lower()
+    return code in ("failed_precondition", "resource_exhausted", "out_of_range") and (
+        "limit" in text and "artifact" in text
+    )
 
 
 class TwirpAuthError(TwirpError, StoreUnavailable):
@@ -125,6 +155,17 @@ class Twirp:
 
     def rpc(self, method: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Call ``method``; (response, ambiguous). `TwirpError` for a definite failure."""
+        label = self.transport.label
+
+        def final(resp: requests.Response) -> None:
+            """A quota or limit refusal is final, whatever its status: never retried."""
+            if resp.status_code < 400:
+                return
+            payload = _json_object(resp)
+            code, msg = _error_fields(payload) if payload is not None else ("", "")
+            if _quota(msg) or _limit(code, msg):
+                raise TwirpError(label, method, resp.status_code, code, msg, False)
+
         sent = self.transport.send(
             "POST",
             f"{self.runtime.origin}/twirp/{self.service}/{method}",
@@ -132,6 +173,7 @@ class Twirp:
             counter=method,
             timeout=RPC_TIMEOUT,
             detail=_detail,
+            fail_fast=final,
             data=json.dumps(body).encode(),  # bytes: headers and body go in one segment
             headers={
                 "Authorization": f"Bearer {self.runtime.token}",
@@ -142,6 +184,5 @@ class Twirp:
         answer = sent.value
         if isinstance(answer, _Refused):
             error = TwirpAuthError if answer.status in (401, 403) else TwirpError
-            label = self.transport.label
             raise error(label, method, answer.status, answer.code, answer.msg, sent.ambiguous)
         return answer, sent.ambiguous

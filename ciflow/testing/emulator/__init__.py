@@ -7,9 +7,13 @@ an Azure-blob-like store (``/blob/...``). The official npm clients ``@actions/ar
 
 Wire choices (checked against actions/toolkit): requests are read in snake_case or camelCase;
 answers are snake_case with int64 as strings (protojson, as github.com answers); every error is
-``{"code", "msg"}`` with Twirp's HTTP status. Artifact names are unique per workflow run from
-CreateArtifact on (an unfinalized artifact reserves its name: 409 ``already_exists``); only
-finalized artifacts are listed. A second CreateCacheEntry for a key+version that is reserved or
+``{"code", "msg"}`` with Twirp's HTTP status. By default artifact names are unique per workflow
+run attempt from CreateArtifact on (an unfinalized artifact reserves its name: 409
+``already_exists``), only finalized artifacts are listed, a job may create 500 artifacts and an
+artifact expires at its ``expires_at``; what GitHub does not document is configurable
+(`GitHubEmulator`: ``unfinalized_reserves_name``, ``unfinalized_deletable``,
+``unfinalized_listed``, ``list_limit``, ``artifacts_across_attempts``, ``storage_quota_hit``).
+A second CreateCacheEntry for a key+version that is reserved or
 saved in the same scope gets 409 ``already_exists``. The cache is one repository, its entries
 scoped by ref as on GitHub: the runtime token's ``ac`` claim (``[{"Scope": "refs/heads/<b>",
 "Permission": 3}, ...]``, read 1 | write 2) lists the job's own ref (read/write) and, read-only,

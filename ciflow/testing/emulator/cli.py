@@ -46,7 +46,56 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="cache lookups without restore_keys miss, even an exact key",
     )
+    _artifact_options(parser)
     return parser
+
+
+def _artifact_options(parser: argparse.ArgumentParser) -> None:
+    """The artifact service's undocumented behaviours (`GitHubEmulator` attributes)."""
+    group = parser.add_argument_group("artifact service behaviours")
+    group.add_argument(
+        "--unfinalized-frees-name", action="store_true",
+        help="an artifact not yet finalized does not hold its name (default: it does)",
+    )  # fmt: skip
+    group.add_argument(
+        "--unfinalized-undeletable", action="store_true",
+        help="DeleteArtifact cannot remove an artifact that was never finalized",
+    )  # fmt: skip
+    group.add_argument(
+        "--unfinalized-listed", action="store_true",
+        help="ListArtifacts shows artifacts that are not finalized (size 0)",
+    )  # fmt: skip
+    group.add_argument(
+        "--list-limit", type=int, default=None, metavar="N",
+        help="an unfiltered ListArtifacts answers only the newest N artifacts",
+    )  # fmt: skip
+    group.add_argument(
+        "--artifacts-across-attempts", action="store_true",
+        help="jobs of a re-run attempt also see the artifacts of earlier attempts",
+    )  # fmt: skip
+    group.add_argument(
+        "--artifact-limit", type=int, default=None, metavar="N",
+        help="artifacts a job may create, deleted ones included (default 500)",
+    )  # fmt: skip
+    group.add_argument(
+        "--storage-quota-hit", action="store_true",
+        help="CreateArtifact answers that the artifact storage quota is used up",
+    )  # fmt: skip
+
+
+def _configure(emulator: GitHubEmulator, args: argparse.Namespace) -> None:
+    """Set the emulator's behaviours from the command line."""
+    emulator.require_restore_keys = args.require_restore_keys
+    emulator.unfinalized_reserves_name = not args.unfinalized_frees_name
+    emulator.unfinalized_deletable = not args.unfinalized_undeletable
+    emulator.unfinalized_listed = args.unfinalized_listed
+    if args.list_limit is not None and args.list_limit < 0:
+        raise ValueError("--list-limit must be 0 or more")
+    emulator.list_limit = args.list_limit
+    emulator.artifacts_across_attempts = args.artifacts_across_attempts
+    if args.artifact_limit is not None:
+        emulator.artifact_limit = args.artifact_limit
+    emulator.storage_quota_hit = args.storage_quota_hit
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -88,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             args.host, args.port, data_dir=args.data_dir, default_branch=args.default_branch
         )
         emulator.faults = faults
-        emulator.require_restore_keys = args.require_restore_keys
+        _configure(emulator, args)
         emulator.start()
         _print_exports(emulator, args, jobs)
         print(f"# serving {emulator.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)

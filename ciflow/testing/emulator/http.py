@@ -167,11 +167,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if fault == "429":
                     headers["Retry-After"] = str(self.emu.faults.retry_after)
                 return self._send(status, headers, json.dumps(body).encode())
-            status, body = self.emu._list_jobs(
+            status, body, rest_headers = self.emu._list_jobs(
                 url.path, parse_qs(url.query), self.headers.get("Authorization")
             )
             data = json.dumps(body).encode()
-            return self._send(status, {"Content-Type": "application/json"}, data)
+            return self._send(status, {"Content-Type": "application/json", **rest_headers}, data)
         self._blob("GET")
 
     def do_HEAD(self) -> None:

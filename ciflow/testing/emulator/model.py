@@ -20,7 +20,19 @@ from typing import Any, NamedTuple
 ARTIFACT_SERVICE = "github.actions.results.api.v1.ArtifactService"
 CACHE_SERVICE = "github.actions.results.api.v1.CacheService"
 FAULT_KINDS = frozenset({"429", "500", "503", "drop", "drop_after"})
+#: artifacts one job may create in a run, deleted ones included (the upload-artifact docs)
 ARTIFACT_LIMIT_PER_JOB = 500
+#: the retention CreateArtifact accepts in ``expires_at``, days from now (GitHub's range), and
+#: the default when a request sends none (the repository's default setting)
+RETENTION_DAYS = (1, 90)
+DEFAULT_RETENTION_DAYS = 90
+DAY = 86400.0
+#: the answer to CreateArtifact with ``storage_quota_hit``: GitHub's exact text is not known;
+#: ``@actions/artifact`` recognises the quota by "insufficient usage" in the message
+QUOTA_MESSAGE = (
+    "insufficient usage: the artifact storage quota has been hit, "
+    "unable to upload any new artifacts"
+)
 #: the repository every emulated run belongs to (``GITHUB_REPOSITORY``)
 REPOSITORY = "emulated/repository"
 INVALID_NAME_CHARS = '":<>|*?\\/\r\n'
@@ -117,10 +129,20 @@ class _Artifact:
     name: str
     blob: str
     created: float
-    expires: float | None = None
+    expires: float
     size: int = 0
     digest: str | None = None
     finalized: bool = False
+    version: int | None = None
+    mime_type: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What tests may look at: the request's fields and the artifact's state."""
+        return {
+            "name": self.name, "run": self.run, "job": self.job, "id": self.id,
+            "version": self.version, "mime_type": self.mime_type,
+            "expires_at": _rfc3339(self.expires), "finalized": self.finalized, "size": self.size,
+        }  # fmt: skip
 
 
 @dataclass
@@ -162,6 +184,12 @@ def backend_run(run_id: str, attempt: int) -> str:
     if attempt < 1:
         raise ValueError(f"attempt must be 1 or more, not {attempt}")
     return run_id if attempt == 1 else f"{run_id}-attempt{attempt}"
+
+
+def attempt_of(backend: str) -> tuple[str, int]:
+    """The run id and attempt of a workflow run backend id made by `backend_run`."""
+    match = re.fullmatch(r"(.+)-attempt(\d+)", backend)
+    return (match[1], int(match[2])) if match else (backend, 1)
 
 
 def full_ref(ref: str) -> str:

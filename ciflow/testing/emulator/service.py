@@ -18,9 +18,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from . import rest
 from .http import _Handler, _Server, _Server6
 from .model import (
-    ARTIFACT_LIMIT_PER_JOB,
     ARTIFACT_SERVICE,
     CACHE_SERVICE,
     REPOSITORY,
@@ -56,6 +56,18 @@ class GitHubEmulator(TwirpMethods):
     `token` from ``ref``, ``base_ref`` and ``default_branch``) lists the refs a job may read and
     the one it writes. With ``require_restore_keys`` a lookup without ``restore_keys`` misses
     even an exact key (off by default: see docs/architecture.md, the github-cache store).
+
+    What GitHub's artifact service does is not documented everywhere; each such behaviour is
+    an attribute, set before or while serving (docs/architecture.md, "The github store and
+    GitHub's artifact service"): ``unfinalized_reserves_name`` (True: an artifact not yet
+    finalized holds its name, CreateArtifact of it answers 409), ``unfinalized_deletable``
+    (DeleteArtifact removes one), ``unfinalized_listed`` (ListArtifacts shows them, size 0),
+    ``list_limit`` (an unfiltered ListArtifacts answers only the newest N), and
+    ``artifacts_across_attempts`` (a job of attempt 2 also lists, reads and collides with the
+    artifacts of attempt 1). ``artifact_limit`` counts CreateArtifact successes per job and run
+    attempt, deleted artifacts included; ``storage_quota_hit`` answers every CreateArtifact with
+    the quota error. Artifacts expire at their ``expires_at`` (1 to 90 days ahead, else refused;
+    90 days when not sent); `advance` moves the emulator's clock for that.
     """
 
     def __init__(
@@ -72,7 +84,7 @@ class GitHubEmulator(TwirpMethods):
         self.default_branch = _check_id(default_branch, "default_branch")
         #: True: GetCacheEntryDownloadURL without restore_keys is a miss, exact key or not
         self.require_restore_keys = False
-        self.artifact_limit = ARTIFACT_LIMIT_PER_JOB
+        self.default_behaviours()
         self.url_ttl = 6 * 3600.0
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
@@ -88,7 +100,8 @@ class GitHubEmulator(TwirpMethods):
         self._faults = Faults()
         self._rng = random.Random(0)
         self._next_id = itertools.count(1)
-        self._artifacts: dict[str, dict[str, _Artifact]] = {}
+        self._artifacts: dict[str, list[_Artifact]] = {}
+        self._created: Counter[tuple[str, str]] = Counter()
         self._caches: dict[tuple[str, str, str], _CacheEntry] = {}  # (scope, key, version)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -145,6 +158,7 @@ class GitHubEmulator(TwirpMethods):
             self._tmp = self._blobs = None
             with self._lock:
                 self._artifacts.clear()
+                self._created.clear()
                 self._caches.clear()
 
     def __enter__(self) -> GitHubEmulator:
@@ -241,6 +255,14 @@ class GitHubEmulator(TwirpMethods):
         }
 
     # -- the REST jobs API ----------------------------------------------------------------------
+    #: the repository's primary REST limit, requests an hour (GITHUB_TOKEN's: 1,000)
+    rest_limit: int = rest.REST_LIMIT
+    #: requests the repository spent this hour; set it to model its other workflows' use
+    rest_used: int = 0
+    #: seconds: every REST request gets a secondary-limit 429 with this ``retry-after`` (None: off)
+    rest_secondary: int | None = None
+    _rest_reset: float | None = None  # epoch seconds when the repository's hour ends
+
     def _rest_token(self, run_id: str) -> str:
         with self._lock:
             for token, run in self._rest_tokens.items():
@@ -282,39 +304,55 @@ class GitHubEmulator(TwirpMethods):
 
     @property
     def rest_calls(self) -> int:
-        """REST (jobs API) requests received."""
+        """REST (jobs API) requests received, refused ones included."""
         with self._lock:
             return self._rest_calls
 
-    def _list_jobs(self, path: str, query: dict[str, list[str]], auth: str | None) -> Any:
-        """GET /repos/{owner}/{repo}/actions/runs/{run}[/attempts/{n}]/jobs: (status, body)."""
+    def _rest_spend(self, spend: bool) -> tuple[bool, dict[str, str]]:
+        """Count one request against the repository's hour (``spend``): (within the primary
+        limit, the ``x-ratelimit-*`` headers to send). The hour starts at its first request."""
+        now = time.time()
+        with self._lock:
+            if self._rest_reset is None or now >= self._rest_reset:
+                if self._rest_reset is not None:
+                    self.rest_used = 0
+                self._rest_reset = now + rest.HOUR
+            within = self.rest_used < self.rest_limit
+            if spend and within:
+                self.rest_used += 1
+            return within, rest.rate_headers(self.rest_limit, self.rest_used, self._rest_reset)
+
+    def _list_jobs(
+        self, path: str, query: dict[str, list[str]], auth: str | None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """GET /repos/{owner}/{repo}/actions/runs/{run}[/attempts/{n}]/jobs: (status, body,
+        headers). An authenticated request counts against the repository's rate limit."""
         with self._lock:
             self._rest_calls += 1
         parts = path.strip("/").split("/")[1:]  # owner, repo, "actions", "runs", run, ...
         shape = len(parts) in (6, 8) and parts[2:4] == ["actions", "runs"] and parts[-1] == "jobs"
-        if not shape or (len(parts) == 8 and parts[5] != "attempts"):
-            return 404, {"message": "Not Found"}
         scheme, _, token = (auth or "").partition(" ")
         with self._lock:
-            run = (
-                self._rest_tokens.get(token.strip())
-                if scheme.lower() in ("bearer", "token")
-                else None
-            )
-            if run is None:
-                return 401, {"message": "Bad credentials"}
+            bearer = scheme.lower() in ("bearer", "token")
+            run = self._rest_tokens.get(token.strip()) if bearer else None
+        within, headers = self._rest_spend(run is not None and self.rest_secondary is None)
+        if run is None:
+            return 401, {"message": "Bad credentials"}, headers
+        if self.rest_secondary is not None:
+            status, body = rest.secondary_limit()
+            return status, body, {**headers, "retry-after": str(self.rest_secondary)}
+        if not within:
+            return (*rest.primary_limit(), headers)
+        if not shape or (len(parts) == 8 and parts[5] != "attempts"):
+            return 404, {"message": "Not Found"}, headers
+        with self._lock:
             if not self.jobs_api:
-                return 403, {"message": "Resource not accessible by integration"}
+                return 403, {"message": "Resource not accessible by integration"}, headers
             if "/".join(parts[:2]) != REPOSITORY or parts[4] != run:
-                return 404, {"message": "Not Found"}
+                return 404, {"message": "Not Found"}, headers
             jobs = [dict(j) for j in self._jobs.get(run, {}).values()]
-        try:
-            per_page = min(100, max(1, int(query.get("per_page", ["30"])[0])))
-            page = max(1, int(query.get("page", ["1"])[0]))
-        except ValueError:
-            return 422, {"message": "Validation Failed"}
-        chunk = jobs[(page - 1) * per_page : page * per_page]
-        return 200, {"total_count": len(jobs), "jobs": chunk}
+        attempt = parts[6] if len(parts) == 8 else None
+        return (*rest.list_jobs(jobs, attempt, query), headers)
 
     def _identity(self, authorization: str | None) -> _Who:
         scheme, _, tok = (authorization or "").partition(" ")

@@ -6,11 +6,17 @@ import json
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .model import (
+    ARTIFACT_LIMIT_PER_JOB,
+    DAY,
+    DEFAULT_RETENTION_DAYS,
     INVALID_NAME_CHARS,
+    QUOTA_MESSAGE,
+    RETENTION_DAYS,
     SCOPE_READ,
     SCOPE_WRITE,
     TwirpError,
@@ -20,6 +26,8 @@ from .model import (
     _Req,
     _rfc3339,
     _Who,
+    attempt_of,
+    backend_run,
 )
 
 _MISS = {"ok": False, "signed_download_url": "", "matched_key": ""}
@@ -30,7 +38,8 @@ class TwirpMethods:
 
     # state and helpers of GitHubEmulator
     _lock: threading.Lock
-    _artifacts: dict[str, dict[str, _Artifact]]
+    _artifacts: dict[str, list[_Artifact]]  # artifact namespace (`_space`) -> its artifacts
+    _created: Counter[tuple[str, str]]  # (run backend id, job) -> CreateArtifact successes
     _caches: dict[tuple[str, str, str], _CacheEntry]
     _blobs: _BlobStore | None
     _call_log: list[tuple[str, str, str | None]]
@@ -38,6 +47,13 @@ class TwirpMethods:
     _rpcs: dict[tuple[str, str], Callable[[_Who, _Req], dict[str, Any]]]
     artifact_limit: int
     require_restore_keys: bool
+    unfinalized_reserves_name: bool
+    unfinalized_deletable: bool
+    unfinalized_listed: bool
+    list_limit: int | None
+    artifacts_across_attempts: bool
+    storage_quota_hit: bool
+    clock_offset: float
 
     def _identity(self, authorization: str | None) -> _Who:
         raise NotImplementedError
@@ -51,7 +67,58 @@ class TwirpMethods:
             raise RuntimeError("the emulator is not started")
         return self._blobs
 
+    # -- artifact service behaviours and state --------------------------------------------------
+    def default_behaviours(self) -> None:
+        """Set every artifact service behaviour to its default (as GitHub is seen to do)."""
+        #: CreateArtifact successes allowed per job of a run attempt, deleted ones included
+        self.artifact_limit = ARTIFACT_LIMIT_PER_JOB
+        #: True: a created, unfinalized artifact holds its name (what GitHub is seen to do)
+        self.unfinalized_reserves_name = True
+        #: True: DeleteArtifact removes an artifact that was never finalized
+        self.unfinalized_deletable = True
+        #: True: ListArtifacts (and GetSignedArtifactURL) show unfinalized artifacts, size 0
+        self.unfinalized_listed = False
+        #: None, or N: an unfiltered ListArtifacts answers the newest N artifacts only
+        self.list_limit: int | None = None
+        #: True: the attempts of a workflow run share their artifacts (as Gitea emulates)
+        self.artifacts_across_attempts = False
+        #: True: CreateArtifact answers that the account's artifact storage quota is used up
+        self.storage_quota_hit = False
+        #: seconds added to the artifact clock (expiry, creation times): see `advance`
+        self.clock_offset = 0.0
+
+    def advance(self, seconds: float) -> None:
+        """Move the artifact clock ahead (artifacts past their ``expires_at`` are gone)."""
+        with self._lock:
+            self.clock_offset += seconds
+
+    def artifacts(self, run_id: str | None = None, attempt: int = 1) -> list[dict[str, Any]]:
+        """Every artifact (of one run attempt if given, finalized or not, expired too), by id:
+        name, run, job, id, version, mime_type, expires_at, finalized, size."""
+        run = None if run_id is None else backend_run(run_id, attempt)
+        with self._lock:
+            found = [a for arts in self._artifacts.values() for a in arts]
+        return [a.describe() for a in sorted(found, key=lambda a: a.id) if run in (None, a.run)]
+
+    def creations(self, run_id: str, job_id: str, attempt: int = 1) -> int:
+        """CreateArtifact successes of one job in one run attempt, deleted artifacts included."""
+        with self._lock:
+            return self._created[(backend_run(run_id, attempt), job_id)]
+
     # -- artifact service ------------------------------------------------------------------------
+    def _now(self) -> float:
+        """The emulator's clock for artifacts (`GitHubEmulator.advance` moves it)."""
+        return time.time() + self.clock_offset
+
+    def _space(self, run: str) -> str:
+        """The artifact namespace of a workflow run backend id: one per attempt, or one for
+        every attempt of the run with ``artifacts_across_attempts``."""
+        return attempt_of(run)[0] if self.artifacts_across_attempts else run
+
+    def _alive(self, run: str, now: float) -> list[_Artifact]:
+        """The artifacts ``run`` sees that have not expired (call under ``_lock``)."""
+        return [a for a in self._artifacts.get(self._space(run), []) if a.expires > now]
+
     def _ids(self, who: _Who, req: _Req, same_job: bool) -> tuple[str, str]:
         run = req.text("workflow_run_backend_id")
         job = req.text("workflow_job_run_backend_id")
@@ -60,6 +127,20 @@ class TwirpMethods:
                 "permission_denied", "the backend ids do not match the ACTIONS_RUNTIME_TOKEN"
             )
         return run, job
+
+    @staticmethod
+    def _expiry(stamp: float | None, now: float) -> float:
+        """When an artifact expires: ``expires_at`` if within GitHub's 1 to 90 days (an hour
+        of slack for clocks and daylight saving), else the repository's default."""
+        if stamp is None:
+            return now + DEFAULT_RETENTION_DAYS * DAY
+        low, high = RETENTION_DAYS
+        if not now + low * DAY - 3600 <= stamp <= now + high * DAY + 3600:
+            raise TwirpError(
+                "invalid_argument",
+                f"expires_at must be between {low} and {high} days from now (retention days)",
+            )
+        return stamp
 
     def _create_artifact(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, job = self._ids(who, req, same_job=True)
@@ -70,63 +151,86 @@ class TwirpMethods:
                 "invalid_argument",
                 f"artifact name {name!r} contains invalid characters: {', '.join(bad)}",
             )
-        mime = req.opt_text("mime_type") or "application/zip"
-        expires, _ = req.stamp("expires_at"), req.integer("version")
+        mime, version, now = req.opt_text("mime_type"), req.integer("version"), self._now()
+        expires = self._expiry(req.stamp("expires_at"), now)
+        if self.storage_quota_hit:
+            raise TwirpError("resource_exhausted", QUOTA_MESSAGE)
         with self._lock:
-            run_artifacts = self._artifacts.setdefault(run, {})
-            if name in run_artifacts:
+            reserves = self.unfinalized_reserves_name
+            if any(a.name == name and (a.finalized or reserves) for a in self._alive(run, now)):
                 raise TwirpError(
                     "already_exists",
                     "an artifact with this name already exists on the workflow run",
                 )
-            if sum(a.job == job for a in run_artifacts.values()) >= self.artifact_limit:
+            if self._created[(run, job)] >= self.artifact_limit:
                 raise TwirpError(
                     "failed_precondition",
-                    f"the job has reached the limit of {self.artifact_limit} artifacts",
+                    f"the job has reached the limit of {self.artifact_limit} artifacts "
+                    "(artifacts created, deleted ones included)",
                 )
+            self._created[(run, job)] += 1
             art_id = next(self._next_id)
-            zipped = mime == "application/zip"
+            zipped = (mime or "application/zip") == "application/zip"
             key = f"actions-results/{art_id}-{secrets.token_hex(8)}" + (".zip" * zipped)
             filename = f"{name}.zip" if zipped and not name.endswith(".zip") else name
-            self._store.create(key, mime, filename)
-            run_artifacts[name] = _Artifact(art_id, run, job, name, key, time.time(), expires)
+            self._store.create(key, mime or "application/zip", filename)
+            art = _Artifact(art_id, run, job, name, key, now, expires, version=version)
+            art.mime_type = mime
+            self._artifacts.setdefault(self._space(run), []).append(art)
         return {"ok": True, "signed_upload_url": self._signed_url(key, "cw")}
 
-    def _find_artifact(self, run: str, job: str | None, name: str, finalized: bool) -> _Artifact:
-        art = self._artifacts.get(run, {}).get(name)
-        if art is None or (job is not None and art.job != job) or (finalized and not art.finalized):
+    def _find_artifact(self, run: str, job: str, name: str, unfinalized: bool) -> _Artifact:
+        """The artifact ``name`` of ``job`` (a finalized one first, then the newest); call
+        under ``_lock``. Unfinalized ones only if ``unfinalized``."""
+        found = [
+            a
+            for a in self._alive(run, self._now())
+            if a.job == job and a.name == name and (a.finalized or unfinalized)
+        ]
+        if not found:
             raise TwirpError("not_found", f"artifact {name!r} not found")
-        return art
+        return max(found, key=lambda a: (a.finalized, a.id))
 
     def _finalize_artifact(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, job = self._ids(who, req, same_job=True)
         name, size, digest = req.text("name"), req.integer("size") or 0, req.opt_text("hash")
         with self._lock:
-            art = self._find_artifact(run, job, name, finalized=False)
-        if art.finalized:  # a retried finalize (its answer lost) succeeds again
-            if art.size != size:
-                raise TwirpError("failed_precondition", "the artifact is already finalized")
-            return {"ok": True, "artifact_id": str(art.id)}
+            art = self._find_artifact(run, job, name, unfinalized=True)
+            if art.finalized:  # a retried finalize (its answer lost) succeeds again
+                if art.size != size:
+                    raise TwirpError("failed_precondition", "the artifact is already finalized")
+                return {"ok": True, "artifact_id": str(art.id)}
+            self._check_name_free(run, art)
         self._store.seal(art.blob, size, digest)
         with self._lock:
+            self._check_name_free(run, art)  # a racer of the name may have finalized meanwhile
             art.size, art.digest, art.finalized = size, digest, True
         return {"ok": True, "artifact_id": str(art.id)}
 
+    def _check_name_free(self, run: str, art: _Artifact) -> None:
+        """Names are unique among finalized artifacts of a run (call under ``_lock``)."""
+        alive = self._alive(run, self._now())
+        if any(a is not art and a.finalized and a.name == art.name for a in alive):
+            raise TwirpError(
+                "already_exists", "an artifact with this name already exists on the workflow run"
+            )
+
     def _list_artifacts(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, _ = self._ids(who, req, same_job=False)
-        name, art_id, now = req.opt_text("name_filter"), req.integer("id_filter"), time.time()
+        name, art_id = req.opt_text("name_filter"), req.integer("id_filter")
         with self._lock:
             found = sorted(
                 (
                     a
-                    for a in self._artifacts.get(run, {}).values()
-                    if a.finalized
-                    and (a.expires is None or a.expires > now)
+                    for a in self._alive(run, self._now())
+                    if (a.finalized or self.unfinalized_listed)
                     and (name is None or a.name == name)
                     and (art_id is None or a.id == art_id)
                 ),
                 key=lambda a: a.id,
             )
+        if self.list_limit is not None and name is None and art_id is None:
+            found = found[max(0, len(found) - self.list_limit) :]
         out = []
         for a in found:
             item = {
@@ -145,14 +249,14 @@ class TwirpMethods:
     def _signed_artifact_url(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, job = self._ids(who, req, same_job=False)
         with self._lock:
-            art = self._find_artifact(run, job, req.text("name"), finalized=True)
+            art = self._find_artifact(run, job, req.text("name"), self.unfinalized_listed)
         return {"signed_url": self._signed_url(art.blob, "r")}
 
     def _delete_artifact(self, who: _Who, req: _Req) -> dict[str, Any]:
         run, job = self._ids(who, req, same_job=False)
         with self._lock:
-            art = self._find_artifact(run, job, req.text("name"), finalized=False)
-            del self._artifacts[run][art.name]
+            art = self._find_artifact(run, job, req.text("name"), self.unfinalized_deletable)
+            self._artifacts[self._space(run)].remove(art)
         self._store.delete(art.blob)
         return {"ok": True, "artifact_id": str(art.id)}
 
