@@ -43,11 +43,15 @@ WORKERS = 3
 STORE = "github://?stale_after=1.5"
 FAST = ["--heartbeat-interval", "0.3", "--heartbeat-timeout", "2", "--jobs", "1", "--poll", "0.2"]
 KILLED = "left"  # its worker dies between uploading its result and finalizing it
-#: a listing of the newest 10 artifacts: the run makes about twice as many, while a worker
-#: joining sees the plan (looked up by name) and every registration in its first listing.
-#: A smaller window hides records that no client could list at all (ListArtifacts cannot
-#: page): see docs/architecture.md, "The github store and GitHub's artifact service"
-LIST_LIMIT = 10
+#: a listing of the newest 16 artifacts: fewer than the run makes (the test adds `FILLER`
+#: keys, so that the final reads see a part of it for sure), while a worker joining sees every
+#: registration and probe in its first listing (the plan it looks up by name). A smaller
+#: window hides records that no client could list at all (ListArtifacts cannot page): see
+#: docs/architecture.md, "The github store and GitHub's artifact service"
+LIST_LIMIT = 16
+FILLER = 12
+#: seconds the worker jobs may take before the test stops them (and fails)
+DEADLINE = 90.0
 _runs = itertools.count()
 
 COMBINATIONS = [
@@ -98,12 +102,17 @@ def _run_flow(emu: GitHubEmulator, run: str, run_id: str, tmp_path: Path) -> tup
         WORKERS, pipeline_file=PIPELINE, store_url=STORE, run_id=run_id, extra=FAST, env_of=envs
     )
     out = io.StringIO()
-    codes = supervise(
-        procs, Console(out, live=False), (),
-        on_exit=lambda slot, code: emu.finish_job(
-            run, f"work-{slot}", "success" if code == 0 else "failure"
-        ),
-    )  # fmt: skip
+    watchdog = threading.Timer(DEADLINE, lambda: [p.kill() for p in procs])
+    watchdog.start()
+    try:
+        codes = supervise(
+            procs, Console(out, live=False), (),
+            on_exit=lambda slot, code: emu.finish_job(
+                run, f"work-{slot}", "success" if code == 0 else "failure"
+            ),
+        )  # fmt: skip
+    finally:
+        watchdog.cancel()
     assert codes[owner] == -signal.SIGKILL, out.getvalue()
     assert [c for k, c in enumerate(codes) if k != owner] == [0] * (WORKERS - 1), out.getvalue()
     return codes, out.getvalue()
@@ -148,6 +157,10 @@ def test_the_github_flow_is_right_whatever_the_service_does(
     codes, out = _run_flow(emu, run, run_id, tmp_path)
     keys = RunKeys(run_id)
     reader = GitHubArtifactStore(STORE, env=emu.env(run, "summary"))
+    filler = GitHubArtifactStore(STORE, env=emu.env(run, "filler"))
+    for i in range(FILLER):  # the run outgrows the listing, if it has not yet
+        assert filler.create(f"{keys.root}filler/{i}", b"x", sole=True)
+    filler.close()
     try:
         got = {}
         for module in expected:  # looked up by name: a listing may be a part of the run

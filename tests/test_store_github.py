@@ -860,10 +860,11 @@ def test_api_calls_per_operation(emu: GitHubEmulator, clients: Clients, tmp_path
         op()
         return {**emu.calls, **emu.blob_calls}
 
-    # the first create probes the service: a probe name created twice, the 409 says names are
-    # held from creation on, so a finalized artifact is the only one of its name (no read-back)
+    # the first create probes the service: the run's probe name created twice, a 409 that no
+    # finalized artifact explains says names are held from creation on, so a finalized
+    # artifact is the only one of its name (no read-back)
     assert calls(lambda: store.create("k", b"v")) == {
-        "CreateArtifact": 3, "PutBlob": 1, "FinalizeArtifact": 1, "DeleteArtifact": 1,
+        "CreateArtifact": 3, "PutBlob": 1, "FinalizeArtifact": 1, "ListArtifacts": 1,
     }  # fmt: skip
     assert calls(lambda: store.create("k2", b"v")) == {
         "CreateArtifact": 1, "PutBlob": 1, "FinalizeArtifact": 1,
@@ -909,10 +910,17 @@ def test_api_calls_per_operation(emu: GitHubEmulator, clients: Clients, tmp_path
 
 
 def test_the_probe_finds_out_whether_names_are_held(emu: GitHubEmulator, clients: Clients) -> None:
-    held = clients.open()
-    assert held.create("a", b"1") and held._alone() is True
-    assert held.creations_left() == 500 - 2  # the probe counts as a creation too
-    assert [a["name"] for a in emu.artifacts(clients.run)] == [artifact_name("a")]
+    first, second = clients.open(), clients.open()
+    assert first.create("a", b"1") and first._alone() is True
+    assert first.creations_left() == 500 - 2  # its probe, kept for the others, counts too
+    creates_module._EXCLUSIVE.clear()  # the second job is another process: it probes too
+    emu.reset_calls()
+    assert second.create("b", b"2")  # the kept probe answers at once: no creation spent
+    assert emu.calls == {"CreateArtifact": 2, "ListArtifacts": 1, "FinalizeArtifact": 1}
+    assert second.creations_left() == 500 - 1
+    names = {a["name"]: a["finalized"] for a in emu.artifacts(clients.run)}
+    assert names == {"ciflow~~probe": False, artifact_name("a"): True, artifact_name("b"): True}
+    assert first.list("") == ["a", "b"]  # the probe is no key
     emu.unfinalized_reserves_name = False
     free = Clients(emu)
     try:
@@ -921,6 +929,7 @@ def test_the_probe_finds_out_whether_names_are_held(emu: GitHubEmulator, clients
         assert store.create("a", b"1")
         assert store._alone() is False and emu.calls["ListArtifacts"] == 1  # read back
         assert emu.calls["DeleteArtifact"] == 2  # both probe artifacts
+        assert [a["name"] for a in emu.artifacts(free.run)] == [artifact_name("a")]
     finally:
         free.close()
 
@@ -1202,7 +1211,7 @@ def test_the_retention_days_option_reaches_the_store(
         env=emu.env(run, "plan"),
     )  # fmt: skip
     assert ok.exit_code == 0, ok.stdout + ok.stderr
-    [plan] = emu.artifacts(run)
+    [plan] = [a for a in emu.artifacts(run) if a["finalized"]]
     assert _days_ahead(plan["expires_at"]) == pytest.approx(3, abs=0.01)
 
 

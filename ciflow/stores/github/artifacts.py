@@ -14,10 +14,10 @@ Nothing here rests on what GitHub does not document (docs/architecture.md, "The 
 and GitHub's artifact service"; `tests/test_github_assumptions.py` runs every combination):
 
 - **Create-once.** A 409 only says a name is held. A finalized artifact wins when no other of
-  its name can exist (names held from CreateArtifact on, found out once per run by a probe
-  name created twice: `ciflow.stores.github.creates.probe`), else by reading the name back:
-  the value is the winner of `ciflow.stores.github.listing.winner` (lowest generation, then
-  id); a loser deletes its own.
+  its name can exist (names held from CreateArtifact on, found out once per run: the run's
+  probe name, never finalized, answers 409: `ciflow.stores.github.creates.probe`), else by
+  reading the name back: the value is the winner of `ciflow.stores.github.listing.winner`
+  (lowest generation, then id); a loser deletes its own.
 - **Unfinalized artifacts** may hold their name, be listed (size 0: never a value) or not be
   deletable. A 409 without a value is waited for; held for ``stale_after`` seconds, the key
   moves to its next generation name (``<name>!1``), which readers look up too. A writer that

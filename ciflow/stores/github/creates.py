@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import threading
 import time
@@ -102,10 +101,12 @@ def exclusive(ident: tuple[str, ...], probe: Callable[[], bool | None]) -> bool:
 
 
 def probe(store: GitHubArtifactStore) -> bool | None:
-    """CreateArtifact of one probe name twice: a 409 says names are held from creation on
-    (None: no clear answer). The probe artifacts are deleted, never finalized; the name is no
-    key (``~~`` parses as none)."""
-    name, made = f"{store.prefix}~probe-{secrets.token_hex(6)}", 0
+    """CreateArtifact of the run's probe name (``~~probe`` parses as no key) until it answers
+    409 that no finalized artifact explains: names are held from creation on (True). Two
+    creates that both succeed say they are not (False; both are deleted). None: no clear
+    answer. The probe is never finalized; one that holds its name is kept, so that the other
+    jobs of the run get their answer from one call, without a creation."""
+    name, made = f"{store.prefix}~probe", 0
     try:
         for _ in range(2):
             store.budget.spend(name)
@@ -114,7 +115,10 @@ def probe(store: GitHubArtifactStore) -> bool | None:
             except TwirpError as exc:
                 if not exc.ambiguous:
                     store.budget.refund()
-                return True if made and exc.exists and not exc.ambiguous else None
+                if exc.exists and not exc.ambiguous:
+                    made = 0  # ours (if any) holds the name: keep it for the others
+                    return None if any(e.value for e in store._lookup(name)) else True
+                return None
             made += 1
         return False
     except StoreError:
