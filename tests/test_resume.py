@@ -63,6 +63,17 @@ def workers(
     return [p.returncode for p in procs], outs
 
 
+def plan_on_a_file_store(pipelines: Path, tmp_path: Path) -> str:
+    """The plan job of attempt 1, over 2 slots of a file store; returns the store's URL."""
+    store = f"file://{tmp_path / 'store'}"
+    planned = runner.invoke(
+        app, ["plan", "-f", str(pipelines / "rerun.py"), "--workers", "2", "--store", store,
+              "--run-id", RUN], env={"CIFLOW_RUN_ATTEMPT": "1"},
+    )  # fmt: skip
+    assert planned.exit_code == 0, planned.stderr
+    return store
+
+
 def ran(homes: list[Path]) -> list[str]:
     return sorted(
         line
@@ -174,12 +185,7 @@ def test_without_a_run_id_a_rerun_finds_the_plan_of_its_workflow_run(
 def test_without_an_earlier_summary_a_rerun_runs_every_module_again(
     pipelines: Path, tmp_path: Path
 ) -> None:
-    store = f"file://{tmp_path / 'store'}"
-    planned = runner.invoke(
-        app, ["plan", "-f", str(pipelines / "rerun.py"), "--workers", "2", "--store", store,
-              "--run-id", RUN], env={"CIFLOW_RUN_ATTEMPT": "1"},
-    )  # fmt: skip
-    assert planned.exit_code == 0, planned.stderr
+    store = plan_on_a_file_store(pipelines, tmp_path)
     first = runners(pipelines, tmp_path, 1)
     codes, _ = workers(
         first, store, {k: {"CIFLOW_RUN_ATTEMPT": "1", "FLAKY": "1"} for k in range(2)}
@@ -238,12 +244,7 @@ def test_a_rerun_of_a_job_whose_modules_all_finished_ends_at_once(
 ) -> None:
     """A runner lost after its modules were taken over: its job alone re-runs, finds the whole
     run finished and exits 0 without running anything."""
-    store = f"file://{tmp_path / 'store'}"
-    planned = runner.invoke(
-        app, ["plan", "-f", str(pipelines / "rerun.py"), "--workers", "2", "--store", store,
-              "--run-id", RUN], env={"CIFLOW_RUN_ATTEMPT": "1"},
-    )  # fmt: skip
-    assert planned.exit_code == 0, planned.stderr
+    store = plan_on_a_file_store(pipelines, tmp_path)
     codes, _ = workers(runners(pipelines, tmp_path, 1), store, {k: {} for k in range(2)})
     assert codes == [0, 0]
     code, text = summary(store, {"CIFLOW_RUN_ATTEMPT": "1"}, tmp_path / "r1.json")
